@@ -1,0 +1,30 @@
+"""freezewatch: find out why an asyncio program stopped answering.
+
+    import freezewatch
+    freezewatch.install()          # one line, at startup
+
+A watchdog thread pings each watched event loop; when a heartbeat is not
+answered within the threshold, it writes a dump pinning the exact file and
+line the loop sits on, while the loop is still frozen. See README.md.
+"""
+
+from __future__ import annotations
+
+from ._allow import allow_blocking
+from ._config import Config
+from ._events import FreezeEvent
+from ._inflight import watch
+from ._install import install, uninstall
+from ._loopwatch import LoopWatch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config",
+    "FreezeEvent",
+    "LoopWatch",
+    "allow_blocking",
+    "install",
+    "uninstall",
+    "watch",
+]

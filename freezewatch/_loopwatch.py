@@ -1,0 +1,411 @@
+"""One watched loop: its heartbeat, freeze and stall state, and the handle users get.
+
+Threading: ``_beat`` runs on the loop thread; everything else here runs on
+the watchdog thread (``tick``) or at install/uninstall. The two sides share
+only plain attributes whose single stores are atomic under the GIL; no lock
+is taken on the heartbeat path, so a frozen loop thread can never hold
+something the watchdog waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import selectors
+import sys
+import threading
+import time
+import types
+from typing import Any
+
+from . import _report, _state
+from ._config import Config
+from ._events import FreezeEvent
+from ._inflight import Unit
+from ._inflight import snapshot as inflight_snapshot
+from ._sinks import metrics as _metrics
+from ._sinks.log import Hook
+from ._snapshot.capture import capture
+from ._snapshot.model import NATIVE_OFF, NATIVE_PENDING, InflightUnit, LoopInfo
+from ._snapshot.native import capture_native, find_pyspy
+
+# Code objects of the selectors' select(): a loop thread whose innermost
+# Python frame is one of these sits in epoll/poll/select waiting for I/O. It
+# cannot be frozen, so it need not be woken by a heartbeat to prove it.
+_SELECT_CODES = frozenset(
+    cls.select.__code__
+    for cls in vars(selectors).values()
+    if isinstance(cls, type) and isinstance(getattr(cls, "select", None), types.FunctionType)
+)
+_HANDLE_RUN = asyncio.events.Handle._run.__code__
+_DEBUGGER_FILES = ("bdb.py", "pdb.py")
+STALL_SCAN_EVERY = 0.5
+
+
+@dataclasses.dataclass
+class _Freeze:
+    start: float  # monotonic: when the unanswered heartbeat was sent
+    detected_at: float  # wall clock
+    signature: str
+    frame: tuple[str, int, str]
+    json_path: str | None
+    doc: dict[str, Any] | None
+    next_update: float
+    updates: int = 0
+
+
+class LoopWatch:
+    """The handle install() returns: one watched event loop.
+
+    Read-only attributes for users: ``loop``, ``config``, ``name``, ``active``,
+    ``freezes`` (count), ``dumps`` (paths of .json dumps written),
+    ``dump_failures``, ``stalls``. ``uninstall()`` stops watching this loop.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None, config: Config,
+                 hooks: tuple[Hook, ...] = (), install_thread: int | None = None) -> None:
+        self.loop = loop
+        self.config = config
+        self.hooks = hooks
+        self.inflight: dict[int, Unit] = {}
+        self.freezes = 0
+        self.stalls = 0
+        self.late_freezes = 0
+        self.suspensions = 0
+        self.dumps: list[str] = []
+        self.dump_failures = 0
+        self.closed = False
+        self._install_thread = install_thread
+        self._thread_id: int | None = install_thread if loop is not None else None
+        # Heartbeat. Sequence numbers tell a late answer from a current one.
+        self._sent_seq = 0
+        self._sent_at = 0.0
+        self._pending = False
+        self._answered_seq = 0
+        self._answered_at = 0.0
+        self._ignored_seq = -1  # a beat whose delay is explained (suspension, debugger)
+        self._last_real_beat = 0.0
+        self._idle_code: types.CodeType | None = None
+        self._idle_line = -1
+        self._learned = False
+        self._beat_cb = self._beat  # bound once: no allocation per beat
+        # allow_blocking(): depth > 0 suppresses; a beat sent before the last
+        # exit is measured from that exit.
+        self.allow_depth = 0
+        self.allow_exit_at = 0.0
+        self._freeze: _Freeze | None = None
+        self._last_stall_scan = 0.0
+        self._pyspy = find_pyspy(config.pyspy_path) if config.native else None
+
+    # -- public -----------------------------------------------------------
+    @property
+    def name(self) -> str:
+        if self.config.name:
+            return self.config.name
+        from ._snapshot.threads import thread_name
+
+        return thread_name(self._thread_id) or "loop"
+
+    @property
+    def active(self) -> bool:
+        """True while a watchdog thread is watching (or waiting for) this loop."""
+        wd = _state.watchdog
+        return not self.closed and wd is not None and wd.is_alive() and self in wd.watches
+
+    def blocked_for(self) -> float:
+        """Seconds this loop has been unresponsive right now (0.0 when healthy)."""
+        fr = self._freeze
+        if fr is None and not self._pending:
+            return 0.0
+        start = max(fr.start if fr else self._sent_at, self.allow_exit_at)
+        age = time.monotonic() - start
+        return age if (fr is not None or age >= self.config.threshold) else 0.0
+
+    def uninstall(self) -> None:
+        """Stop watching this loop (idempotent)."""
+        from . import _install
+
+        _install.remove(self)
+
+    def __repr__(self) -> str:
+        state = "frozen" if self._freeze else ("active" if self.active else "inactive")
+        return f"<freezewatch.LoopWatch {self.name!r} {state} freezes={self.freezes}>"
+
+    # -- loop thread --------------------------------------------------------
+    def _beat(self, seq: int) -> None:
+        # Runs on the loop thread: two stores and an ident call. Store the time
+        # before the sequence: the watchdog reads the sequence first, so a new
+        # sequence always comes with its time.
+        self._answered_at = time.monotonic()
+        self._answered_seq = seq
+        self._thread_id = threading.get_ident()
+        if not self._learned:
+            self._learn_idle_frame()
+
+    def _learn_idle_frame(self) -> None:
+        """Remember where this loop's thread sits when idle (for loops without
+        a Python-level selector, e.g. uvloop: the frame that called run_forever)."""
+        self._learned = True
+        caller = sys._getframe(2)
+        if caller.f_code is not _HANDLE_RUN:
+            self._idle_code, self._idle_line = caller.f_code, caller.f_lineno
+
+    # -- watchdog thread ----------------------------------------------------
+    def next_wake(self, now: float) -> float:
+        """Seconds until this loop next needs the watchdog."""
+        cfg = self.config
+        if self._freeze is not None:
+            return min(cfg.interval, max(0.0, self._freeze.next_update - now))
+        if self._pending:
+            return min(cfg.interval, max(0.001, self._sent_at + cfg.threshold - now))
+        return cfg.interval
+
+    def ignore_pending(self) -> None:
+        """The process was suspended as a whole: the pending beat proves nothing."""
+        if self._pending or self._answered_seq != self._sent_seq:
+            self._ignored_seq = self._sent_seq
+        self._pending = False
+        self.suspensions += 1
+
+    def tick(self, now: float, tops: dict[int, types.FrameType]) -> None:
+        loop = self.loop
+        if loop is None:
+            self._find_loop(tops)
+            return
+        if loop.is_closed():
+            self._end_freeze(now - (self._freeze.start if self._freeze else now), "loop closed")
+            from . import _install
+
+            _install.remove(self, quiet=True)
+            return
+        cfg = self.config
+        if self._pending and self._answered_seq == self._sent_seq:
+            self._pending = False
+            if self._sent_seq != self._ignored_seq:
+                lag = max(0.0, self._answered_at - max(self._sent_at, self.allow_exit_at))
+                if self._freeze is not None:
+                    self._end_freeze(lag)
+                else:
+                    _metrics.lag(self, lag)
+                    if lag >= cfg.threshold and self.allow_depth == 0:
+                        self._late_freeze(lag)
+        if self._pending:
+            if not loop.is_running():
+                # Stopped with our beat queued: not a freeze. Forget that beat.
+                self._pending = False
+                self._ignored_seq = self._sent_seq
+                if self._freeze is not None:
+                    self._end_freeze(now - self._freeze.start, "loop stopped")
+                return
+            age = now - max(self._sent_at, self.allow_exit_at)
+            if self._freeze is None:
+                if (age >= cfg.threshold and self.allow_depth == 0
+                        and self._sent_seq != self._ignored_seq):
+                    self._declare(now, age, tops)
+            elif now >= self._freeze.next_update:
+                self._update(now, age)
+            return
+        if self.inflight and now - self._last_stall_scan >= STALL_SCAN_EVERY:
+            self._last_stall_scan = now
+            self._scan_stalls(now)
+        if not loop.is_running() or now - self._sent_at < cfg.interval:
+            return
+        if self._is_idle(tops) and now - self._last_real_beat < cfg.idle_beat_every:
+            return
+        self._send(now)
+
+    def _send(self, now: float) -> None:
+        assert self.loop is not None
+        self._sent_seq += 1
+        self._sent_at = self._last_real_beat = now
+        self._pending = True
+        try:
+            self.loop.call_soon_threadsafe(self._beat_cb, self._sent_seq)
+        except RuntimeError:  # closed between our check and the call: loop gone
+            self._pending = False
+
+    def _is_idle(self, tops: dict[int, types.FrameType]) -> bool:
+        top = tops.get(self._thread_id) if self._thread_id is not None else None
+        if top is None:
+            return False
+        code = top.f_code
+        return code in _SELECT_CODES or (code is self._idle_code and top.f_lineno == self._idle_line)
+
+    def _find_loop(self, tops: dict[int, types.FrameType]) -> None:
+        """install() ran before any loop: look for a running loop on the installing thread."""
+        frame = tops.get(self._install_thread) if self._install_thread is not None else None
+        depth = 0
+        while frame is not None and depth < 200:
+            depth += 1
+            try:
+                local = frame.f_locals
+                cands = [local.get("self"), local.get("loop"),
+                         getattr(local.get("self"), "_loop", None)]
+            except Exception:
+                cands = []
+            for cand in cands:
+                if isinstance(cand, asyncio.AbstractEventLoop) and cand.is_running():
+                    from . import _install
+
+                    _install.attach(self, cand)
+                    return
+            frame = frame.f_back
+
+    # -- detection results --------------------------------------------------
+    def _info(self) -> LoopInfo:
+        tid = self._thread_id
+        if tid is None:
+            tid = getattr(self.loop, "_thread_id", None)
+        from ._snapshot.threads import thread_name
+
+        return LoopInfo(self.name, tid, thread_name(tid))
+
+    def _inflight_records(self, now: float) -> tuple[InflightUnit, ...]:
+        return tuple(u.record(now) for u in inflight_snapshot(self.inflight))
+
+    def _debugger_stopped(self, tops: dict[int, types.FrameType]) -> bool:
+        frame = tops.get(self._thread_id) if self._thread_id is not None else None
+        while frame is not None:
+            f = frame.f_code.co_filename
+            if f.endswith(_DEBUGGER_FILES) or "pydevd" in f:
+                return True
+            frame = frame.f_back
+        return False
+
+    def _declare(self, now: float, age: float, tops: dict[int, types.FrameType]) -> None:
+        cfg = self.config
+        if self._debugger_stopped(tops):
+            self._ignored_seq = self._sent_seq
+            _report.emit(self, FreezeEvent("freeze_ignored", self.name, round(age, 3),
+                                           reason="loop thread stopped in a debugger"), "info")
+            return
+        assert self.loop is not None
+        snap = capture(
+            kind="freeze", loop=self.loop, info=self._info(), detected_at=time.time(),
+            blocked_for=time.monotonic() - self._sent_at, threshold=cfg.threshold,
+            inflight=self._inflight_records(now),
+            native=NATIVE_PENDING if cfg.native else NATIVE_OFF,
+        )
+        self.freezes += 1
+        _metrics.freeze_detected(self)
+        bf = snap.blocking_frame
+        sig = bf.where
+        path = None
+        reason = None
+        if _report.rate_limited(sig, cfg.dump_rate_window):
+            reason = f"rate limited: a dump for this frame was written in the last {cfg.dump_rate_window:g} s"
+        else:
+            path = _report.write(self, snap)
+        self._freeze = _Freeze(
+            start=self._sent_at, detected_at=snap.detected_at, signature=sig,
+            frame=(bf.file, bf.line, bf.function), json_path=path,
+            doc=snap.to_json() if path else None, next_update=self._sent_at + cfg.update_after[0],
+        ) if cfg.update_after else _Freeze(
+            start=self._sent_at, detected_at=snap.detected_at, signature=sig,
+            frame=(bf.file, bf.line, bf.function), json_path=path,
+            doc=snap.to_json() if path else None, next_update=float("inf"),
+        )
+        _report.emit(self, _report.event_for("freeze_detected", self, snap, snap.blocked_for,
+                                             path, reason))
+        if path and cfg.native:
+            self._add_native(path, self._freeze.doc)
+
+    def _add_native(self, path: str, doc: dict[str, Any] | None) -> None:
+        if doc is None:
+            return
+        native = capture_native(os.getpid(), self._pyspy, self.config.native_timeout)
+        doc["native"] = native.to_json()
+        _report.write(self, doc, rewrite=path)
+
+    def _update(self, now: float, age: float) -> None:
+        fr = self._freeze
+        assert fr is not None and self.loop is not None
+        cfg = self.config
+        fr.updates += 1
+        offsets = cfg.update_after
+        i = min(fr.updates, len(offsets))
+        step = offsets[-1] - (offsets[-2] if len(offsets) > 1 else 0.0)
+        fr.next_update = fr.start + (
+            offsets[i] if i < len(offsets) else offsets[-1] + step * (fr.updates - len(offsets) + 1)
+        )
+        snap = capture(
+            kind="freeze-update", loop=self.loop, info=self._info(), detected_at=time.time(),
+            blocked_for=age, threshold=cfg.threshold, inflight=self._inflight_records(now),
+            native=NATIVE_PENDING if cfg.native else NATIVE_OFF,
+        )
+        bf = snap.blocking_frame
+        frame = (bf.file, bf.line, bf.function)
+        moved = frame != fr.frame
+        fr.frame = frame
+        snap.extra.update(
+            frame_moved=moved, update=fr.updates,
+            first_dump=os.path.basename(fr.json_path) if fr.json_path else None,
+        )
+        path = _report.write(self, snap)
+        _report.emit(self, _report.event_for(
+            "freeze_updated", self, snap, age, path,
+            reason="blocking frame moved" if moved else "blocking frame unchanged"))
+        if path and cfg.native:
+            self._add_native(path, snap.to_json())
+
+    def _end_freeze(self, duration: float, reason: str | None = None) -> None:
+        fr = self._freeze
+        if fr is None:
+            return
+        self._freeze = None
+        _metrics.freeze_ended(self, duration)
+        if fr.doc is not None and fr.json_path is not None:
+            fr.doc["duration"] = round(duration, 6)
+            if reason:
+                fr.doc["ended_because"] = reason
+            _report.write(self, fr.doc, rewrite=fr.json_path)
+        _report.emit(self, FreezeEvent("freeze_ended", self.name, round(duration, 3),
+                                       blocked_at=fr.signature, dump_path=fr.json_path,
+                                       reason=reason))
+
+    def _late_freeze(self, lag: float) -> None:
+        """A beat answered after the threshold without a live detection: the
+        watchdog itself could not run (GIL held by a C call) or the freeze ended
+        between two checks. Counted and reported; there is no live stack."""
+        self.freezes += 1
+        self.late_freezes += 1
+        _metrics.freeze_detected(self)
+        _metrics.freeze_ended(self, lag)
+        _report.emit(self, FreezeEvent(
+            "freeze_ended", self.name, round(lag, 3),
+            reason="not seen live: the watchdog could not run during it (GIL held?)"))
+
+    # -- stalls (watch() units overdue while the loop is alive) ---------------
+    def _scan_stalls(self, now: float) -> None:
+        for unit in inflight_snapshot(self.inflight):
+            limit = unit.stall_after if unit.stall_after is not None else self.config.stall_after
+            if unit.stalled_at is None and now - unit.started >= limit:
+                unit.stalled_at = now
+                self._report_stall(unit, now, limit)
+
+    def _report_stall(self, unit: Unit, now: float, limit: float) -> None:
+        assert self.loop is not None
+        age = now - unit.started
+        rec = unit.record(now)
+        snap = capture(
+            kind="stall", loop=self.loop, info=self._info(), detected_at=time.time(),
+            blocked_for=age, threshold=limit, inflight=self._inflight_records(now),
+            native=NATIVE_OFF, stalled_task=unit.task, extra={"stalled": rec.to_json()},
+        )
+        self.stalls += 1
+        _metrics.stall_detected(self)
+        path = None
+        reason = None
+        if _report.rate_limited("stall " + snap.blocking_frame.where, self.config.dump_rate_window):
+            reason = "rate limited"
+        else:
+            path = _report.write(self, snap)
+        ev = _report.event_for("stall_detected", self, snap, age, path, reason)
+        _report.emit(self, dataclasses.replace(ev, reason=reason or f"{unit.kind} {unit.name!r}"))
+
+    def stall_ended(self, unit: Unit) -> None:
+        """Called on the loop thread when a stalled unit finally finishes."""
+        _report.emit(self, FreezeEvent("stall_ended", self.name,
+                                       round(time.monotonic() - unit.started, 3),
+                                       reason=f"{unit.kind} {unit.name!r}"), "info")

@@ -1,0 +1,74 @@
+"""Snapshot -> sinks: dump files first (plain os calls), then metrics, then events.
+
+Each sink is isolated: a dump that cannot be written is counted, reported as
+``dump_failed`` and survived; the event still goes out.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import _state
+from ._events import FreezeEvent
+from ._sinks import metrics as _metrics
+from ._sinks.dumpfile import dump_name, rewrite_dump, write_dump
+from ._sinks.log import events
+from ._snapshot.model import Snapshot
+
+if TYPE_CHECKING:
+    from ._loopwatch import LoopWatch
+
+
+def write(w: LoopWatch, snap: Snapshot | dict[str, Any], rewrite: str | None = None) -> str | None:
+    """Write (or rewrite) a dump for ``w``; returns the .json path, None on failure."""
+    cfg = w.config
+    doc = snap.to_json() if isinstance(snap, Snapshot) else snap
+    try:
+        if rewrite is not None:
+            rewrite_dump(rewrite, doc)
+            return rewrite
+        name = dump_name(doc["kind"], doc["detected_at"], next(_state.dump_seq))
+        path = write_dump(cfg.dump_dir, name, doc, cfg.max_dumps, cfg.max_dump_bytes)
+    except Exception as e:  # boundary: the dump-file sink (full disk, directory gone, ...)
+        w.dump_failures += 1
+        _metrics.dump_failed(w)
+        reason = f"{type(e).__name__}: {e}"
+        emit(w, FreezeEvent("dump_failed", w.name, doc.get("blocked_for", 0.0), reason=reason),
+             level="error")
+        return None
+    w.dumps.append(path)
+    _metrics.dump_written(w)
+    return path
+
+
+def rate_limited(signature: str, window: float) -> bool:
+    """True if a dump with this blocking-frame signature was written within ``window`` s."""
+    now = time.monotonic()
+    last = _state.last_dump_by_signature.get(signature)
+    if last is not None and now - last < window:
+        return True
+    _state.last_dump_by_signature[signature] = now
+    return False
+
+
+def emit(w: LoopWatch, event: FreezeEvent, level: str = "warning") -> None:
+    events.emit(event, w.hooks, level)
+
+
+def event_for(event: str, w: LoopWatch, snap: Snapshot, seconds: float, path: str | None,
+              reason: str | None = None) -> FreezeEvent:
+    return FreezeEvent(
+        event,
+        w.name,
+        round(seconds, 3),
+        blocked_at=snap.blocking_frame.where,
+        app_line=snap.app_frame.where if snap.app_frame else None,
+        dump_path=path,
+        reason=reason,
+    )
+
+
+def short(path: str | None) -> str | None:
+    return os.path.basename(path) if path else None

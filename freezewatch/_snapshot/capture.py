@@ -1,0 +1,99 @@
+"""Build a Snapshot of a frozen loop from the watchdog thread.
+
+Each part (loop stack, tasks, threads) is captured inside its own guard: a
+part that fails leaves a marker in ``capture_errors`` and the rest of the
+snapshot is still produced. Frame and task objects are dropped on return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+from . import frames as _frames
+from .model import Frame, InflightUnit, LoopInfo, Native, Snapshot, TaskGroup, ThreadStack
+from .tasks import all_tasks, group_tasks, task_chain
+from .threads import thread_stacks
+
+UNKNOWN_FRAME = Frame("<unknown>", 0, "<unknown>", None)
+_HOST = socket.gethostname()
+_PY = sys.version.split()[0] + f" ({sys.implementation.name}, {sys.executable})"
+
+
+def _safe(errors: list[str], part: str, fn: Any, default: Any) -> Any:
+    try:
+        return fn()
+    except Exception as e:  # boundary: one snapshot part
+        errors.append(f"{part}: {type(e).__name__}: {e}")
+        return default
+
+
+def capture(
+    *,
+    kind: str,
+    loop: asyncio.AbstractEventLoop,
+    info: LoopInfo,
+    detected_at: float,
+    blocked_for: float,
+    threshold: float,
+    inflight: tuple[InflightUnit, ...],
+    native: Native,
+    stalled_task: asyncio.Task[Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Snapshot:
+    errors: list[str] = []
+    tops = _safe(errors, "threads", _frames.thread_top_frames, {})
+    loop_frames: tuple[Frame, ...] = ()
+    if info.thread_id is not None and info.thread_id in tops:
+        loop_frames = _safe(
+            errors, "loop_thread", lambda: _frames.stack_records(tops[info.thread_id]), ()
+        )
+    current = _safe(errors, "current_task", lambda: asyncio.current_task(loop), None)
+    tasks = _safe(errors, "tasks", lambda: all_tasks(loop), [])
+    groups: tuple[TaskGroup, ...] = _safe(
+        errors, "tasks", lambda: group_tasks(tasks, current), ()
+    )
+    chain: tuple[Frame, ...] = ()
+    if stalled_task is not None:
+        chain, _ = _safe(errors, "stalled_task", lambda: task_chain(stalled_task), ((), None))
+    skip = {info.thread_id} if info.thread_id is not None else set()
+    threads: tuple[ThreadStack, ...] = _safe(
+        errors, "threads", lambda: thread_stacks(tops, skip), ()
+    )
+    current_name = _safe(errors, "current_task", lambda: current.get_name() if current else None, None)
+    del tops, tasks, current, stalled_task  # keep no frame or task alive past capture
+
+    stack = chain if kind == "stall" else loop_frames
+    blocking = stack[-1] if stack else UNKNOWN_FRAME
+    doc_extra = dict(extra or {})
+    if kind == "stall":
+        doc_extra["await_chain"] = [f.to_json() for f in chain]
+    return Snapshot(
+        kind=kind,
+        pid=os.getpid(),
+        hostname=_HOST,
+        python=_PY,
+        loop=info,
+        detected_at=detected_at,
+        blocked_for=blocked_for,
+        threshold=threshold,
+        loop_frames=loop_frames,
+        blocking_frame=blocking,
+        app_frame=_frames.app_frame(stack),
+        current_task=current_name,
+        tasks=groups,
+        task_count=sum(g.count for g in groups),
+        threads=threads,
+        native=native,
+        inflight=inflight,
+        errors=tuple(errors),
+        extra=doc_extra,
+    )
+
+
+def now() -> float:
+    return time.time()
