@@ -1,0 +1,144 @@
+"""The list-users freeze, reproduced and pinned (run by `make demo`).
+
+A "users" service (a real aiohttp server on 127.0.0.1, in a thread of its
+own) answers GET /list-users with `HTTP/1.1 200 OK` and its headers, then
+withholds the body for a few seconds. The application, a reconcile loop in
+an asyncio service, uses a synchronous HTTP client on the event loop thread:
+it logs the status line, then blocks reading the body. Everything in the
+service stops - the production symptom: a 200 OK in the log, then silence.
+
+freezewatch.install() is the only line the application adds. While the loop
+is still frozen the dump is written; this script then prints what it pinned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import logging
+import os
+import sys
+import threading
+import time
+
+from aiohttp import web
+
+import freezewatch
+
+HOLD_BODY = float(os.environ.get("DEMO_HOLD", "4"))  # seconds the server withholds the body
+DUMP_DIR = os.path.abspath(os.environ.get("FREEZEWATCH_DUMP_DIR", "freezewatch-dumps"))
+log = logging.getLogger("app")
+
+
+# --- the remote "users" service: headers at once, body after HOLD_BODY s ------
+async def list_users(request: web.Request) -> web.StreamResponse:
+    body = json.dumps([{"id": i, "name": f"user{i}"} for i in range(3)]).encode()
+    resp = web.StreamResponse(headers={"Content-Type": "application/json",
+                                       "Content-Length": str(len(body))})
+    await resp.prepare(request)  # status line + headers go out now
+    await asyncio.sleep(HOLD_BODY)  # ... and the body does not
+    await resp.write(body)
+    await resp.write_eof()
+    return resp
+
+
+def start_users_service() -> int:
+    ready: list[int] = []
+    started = threading.Event()
+
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_get("/list-users", list_users)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        ready.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        started.set()
+        await asyncio.Event().wait()
+
+    threading.Thread(target=asyncio.run, args=(serve(),), name="users-service",
+                     daemon=True).start()
+    started.wait(10)
+    return ready[0]
+
+
+# --- the application ------------------------------------------------------
+def fetch_users(port: int) -> list[dict[str, object]]:
+    """A synchronous client call, as found in many async services."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", "/list-users")
+    resp = conn.getresponse()
+    log.info('HTTP Request: GET http://127.0.0.1:%d/list-users "HTTP/1.1 %d %s"',
+             port, resp.status, resp.reason)
+    body = resp.read()  # <- blocks the event loop until the body arrives
+    conn.close()
+    return json.loads(body)  # type: ignore[no-any-return]
+
+
+async def reconcile(port: int) -> None:
+    users = fetch_users(port)
+    log.info("reconciled %d users", len(users))
+
+
+async def poll_updates() -> None:
+    """Stands for the rest of the service: it stops too while the loop is frozen."""
+    while True:
+        await asyncio.sleep(0.25)
+
+
+async def main(port: int) -> None:
+    ended = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_freeze(ev: freezewatch.FreezeEvent) -> None:  # runs on freezewatch's event thread
+        if ev.event == "freeze_ended":
+            loop.call_soon_threadsafe(ended.set)
+
+    freezewatch.install(threshold=1, dump_dir=DUMP_DIR, on_freeze=on_freeze)
+    pollers = [asyncio.create_task(poll_updates(), name=f"poll-{i}") for i in range(3)]
+    await asyncio.sleep(0.3)
+    await asyncio.create_task(reconcile(port), name="reconcile")
+    await asyncio.wait_for(ended.wait(), 10)
+    for t in pollers:
+        t.cancel()
+
+
+def report(started: float) -> int:
+    dumps = sorted(
+        (os.path.join(DUMP_DIR, n) for n in os.listdir(DUMP_DIR)
+         if n.startswith("freeze-") and n.endswith(".json")),
+        key=os.path.getmtime,
+    )
+    dumps = [d for d in dumps if os.path.getmtime(d) >= started]
+    if not dumps:
+        print("demo: no dump was written - that is a bug", file=sys.stderr)
+        return 1
+    path = dumps[-1]
+    doc = json.load(open(path, encoding="utf-8"))
+    bf, af = doc["blocking_frame"], doc["app_frame"]
+    print()
+    print("=" * 78)
+    print(f"dump written while the loop was frozen: {path}")
+    print(f"  blocked at : {bf['file']}:{bf['line']} in {bf['function']}   {bf['code']}")
+    if af:
+        print(f"  app line   : {af['file']}:{af['line']} in {af['function']}   {af['code']}")
+    print(f"  freeze lasted {doc.get('duration', float('nan')):.2f} s in all "
+          f"(detected after {doc['blocked_for']:.2f} s)")
+    print(f"  read it    : less {path[:-5]}.txt")
+    print("=" * 78)
+    print("first lines of the .txt report:\n")
+    with open(path[:-5] + ".txt", encoding="utf-8") as f:
+        for _, line in zip(range(16), f):
+            print("  " + line.rstrip())
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        stream=sys.stdout)
+    t0 = time.time()
+    port = start_users_service()
+    asyncio.run(main(port))
+    sys.exit(report(t0))

@@ -1,0 +1,102 @@
+"""Shared fixtures: global state reset, a dump directory, captured structlog events."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+import freezewatch
+from freezewatch import _state
+from freezewatch._sinks.log import events as _events
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_check_dump() -> Any:
+    """The contract checker: ../shared/contract (the source of truth) when it is
+    beside the checkout, else the copy in tests/contract (a clone elsewhere)."""
+    for cand in (ROOT.parent / "shared" / "contract" / "check_dump.py",
+                 ROOT / "tests" / "contract" / "check_dump.py"):
+        if cand.exists():
+            spec = importlib.util.spec_from_file_location("check_dump", cand)
+            assert spec and spec.loader
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules["check_dump"] = mod
+            spec.loader.exec_module(mod)
+            return mod
+    raise RuntimeError("check_dump.py not found")
+
+
+check_dump = _load_check_dump()
+
+
+def assert_contract(path: str | Path) -> dict[str, Any]:
+    """The dump at ``path`` conforms to the contract; returns its JSON document."""
+    import json
+
+    problems = check_dump.problems(path)
+    assert problems == [], problems
+    return json.loads(Path(path).read_text())  # type: ignore[no-any-return]
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 10.0, every: float = 0.02) -> Any:
+    """Poll ``pred`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(every)
+
+
+@pytest.fixture(autouse=True)
+def _reset_freezewatch() -> Iterator[None]:
+    yield
+    freezewatch.uninstall()
+    _events.flush(2.0)
+    _state.reset()
+
+
+@pytest.fixture
+def dump_dir(tmp_path: Path) -> Path:
+    return tmp_path / "dumps"
+
+
+class Events:
+    """structlog events emitted by freezewatch during a test (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, _logger: Any, method: str, event_dict: dict[str, Any]) -> Any:
+        with self._lock:
+            self.items.append({**event_dict, "log_level": method})
+        raise structlog.DropEvent
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [e for e in self.items if e.get("event") == name]
+
+    def wait(self, name: str, timeout: float = 10.0) -> dict[str, Any]:
+        return wait_for(lambda: (self.named(name) or [None])[-1], timeout)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def events() -> Iterator[Events]:
+    ev = Events()
+    structlog.configure(processors=[ev])
+    try:
+        yield ev
+    finally:
+        structlog.reset_defaults()
