@@ -9,7 +9,7 @@ from types import TracebackType
 from . import _state
 
 
-class allow_blocking:  # noqa: N801 - used like a function
+class allow_blocking:
     """Suppress freeze detection for the running loop while the block runs.
 
     ``with freezewatch.allow_blocking("load model"): ...`` inside a coroutine

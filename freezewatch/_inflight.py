@@ -53,7 +53,7 @@ def snapshot(table: dict[int, Unit]) -> list[Unit]:
     return []
 
 
-class watch:  # noqa: N801 - used like a function: `async with freezewatch.watch(...)`
+class watch:
     """Mark a unit of work: listed in every dump while open; a stall dump if overdue.
 
     Use as ``async with watch("reconcile", stall_after=20):`` or as a decorator

@@ -34,9 +34,9 @@ from ._snapshot.native import capture_native, find_pyspy
 # Python frame is one of these sits in epoll/poll/select waiting for I/O. It
 # cannot be frozen, so it need not be woken by a heartbeat to prove it.
 _SELECT_CODES = frozenset(
-    cls.select.__code__
+    fn.__code__
     for cls in vars(selectors).values()
-    if isinstance(cls, type) and isinstance(getattr(cls, "select", None), types.FunctionType)
+    if isinstance(cls, type) and isinstance(fn := getattr(cls, "select", None), types.FunctionType)
 )
 _HANDLE_RUN = asyncio.events.Handle._run.__code__
 _DEBUGGER_FILES = ("bdb.py", "pdb.py")
@@ -230,7 +230,9 @@ class LoopWatch:
         if top is None:
             return False
         code = top.f_code
-        return code in _SELECT_CODES or (code is self._idle_code and top.f_lineno == self._idle_line)
+        if code in _SELECT_CODES:
+            return True
+        return code is self._idle_code and top.f_lineno == self._idle_line
 
     def _find_loop(self, tops: dict[int, types.FrameType]) -> None:
         """install() ran before any loop: look for a running loop on the installing thread."""
@@ -294,7 +296,8 @@ class LoopWatch:
         path = None
         reason = None
         if _report.rate_limited(sig, cfg.dump_rate_window):
-            reason = f"rate limited: a dump for this frame was written in the last {cfg.dump_rate_window:g} s"
+            reason = (f"rate limited: a dump for this frame was written in the last "
+                      f"{cfg.dump_rate_window:g} s")
         else:
             path = _report.write(self, snap)
         self._freeze = _Freeze(
@@ -397,7 +400,8 @@ class LoopWatch:
         _metrics.stall_detected(self)
         path = None
         reason = None
-        if _report.rate_limited("stall " + snap.blocking_frame.where, self.config.dump_rate_window):
+        window = self.config.dump_rate_window
+        if _report.rate_limited("stall " + snap.blocking_frame.where, window):
             reason = "rate limited"
         else:
             path = _report.write(self, snap)

@@ -13,7 +13,8 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._watchdog import LoopWatch, Watchdog
+    from ._loopwatch import LoopWatch
+    from ._watchdog import Watchdog
 
 # Guards install/uninstall only: never taken by the watchdog thread while it
 # inspects a loop, and never on the heartbeat path.

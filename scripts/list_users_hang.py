@@ -116,7 +116,8 @@ def report(started: float) -> int:
         print("demo: no dump was written - that is a bug", file=sys.stderr)
         return 1
     path = dumps[-1]
-    doc = json.load(open(path, encoding="utf-8"))
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
     bf, af = doc["blocking_frame"], doc["app_frame"]
     print()
     print("=" * 78)
@@ -130,7 +131,7 @@ def report(started: float) -> int:
     print("=" * 78)
     print("first lines of the .txt report:\n")
     with open(path[:-5] + ".txt", encoding="utf-8") as f:
-        for _, line in zip(range(16), f):
+        for _, line in zip(range(16), f, strict=False):
             print("  " + line.rstrip())
     return 0
 

@@ -6,8 +6,9 @@ import asyncio
 import time
 from pathlib import Path
 
-import freezewatch
 from conftest import assert_contract
+
+import freezewatch
 
 
 def test_sleep_freeze_pinned_to_line(dump_dir: Path, events) -> None:  # type: ignore[no-untyped-def]

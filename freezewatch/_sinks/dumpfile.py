@@ -6,6 +6,7 @@ even when the frozen loop thread holds a logging handler's lock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -37,10 +38,8 @@ def write_atomic(path: str, data: bytes) -> None:
             os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 

@@ -9,6 +9,7 @@ thread is stuck, the watchdog goes on detecting and writing dumps.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import queue
 import threading
@@ -28,7 +29,9 @@ class EventSink:
         self._lock = threading.Lock()
         self.failures = 0
 
-    def emit(self, event: FreezeEvent, hooks: tuple[Hook, ...] = (), level: str = "warning") -> None:
+    def emit(
+        self, event: FreezeEvent, hooks: tuple[Hook, ...] = (), level: str = "warning"
+    ) -> None:
         self._ensure_thread()
         self._q.put((event, hooks, level))
 
@@ -64,10 +67,8 @@ class EventSink:
                     hook(event)
                 except Exception as e:  # boundary: user hook
                     self.failures += 1
-                    try:
+                    with contextlib.suppress(Exception):
                         log.error("hook_failed", hook=repr(hook), error=repr(e))
-                    except Exception:
-                        pass
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every event queued so far was delivered (tests, shutdown)."""

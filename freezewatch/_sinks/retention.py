@@ -27,7 +27,7 @@ def enforce(dump_dir: str, max_dumps: int, max_bytes: int, keep: str = "") -> li
     # Oldest first by the UTC time in the name, then by sequence. Not by mtime:
     # a freeze's dump is rewritten (duration) when it ends, which is no reason to keep it.
     order = sorted(stems, key=lambda s: age[s])
-    removed = []
+    removed: list[str] = []
     for stem in order:
         if len(stems) - len(removed) <= max_dumps and total <= max_bytes:
             break

@@ -11,7 +11,6 @@ import asyncio
 import os
 import socket
 import sys
-import time
 from typing import Any
 
 from . import frames as _frames
@@ -64,8 +63,10 @@ def capture(
     threads: tuple[ThreadStack, ...] = _safe(
         errors, "threads", lambda: thread_stacks(tops, skip), ()
     )
-    current_name = _safe(errors, "current_task", lambda: current.get_name() if current else None, None)
-    del tops, tasks, current, stalled_task  # keep no frame or task alive past capture
+    current_name = _safe(
+        errors, "current_task", lambda: current.get_name() if current else None, None
+    )
+    # Frames and tasks die with this function's locals: only plain data is returned.
 
     stack = chain if kind == "stall" else loop_frames
     blocking = stack[-1] if stack else UNKNOWN_FRAME
@@ -94,6 +95,3 @@ def capture(
         extra=doc_extra,
     )
 
-
-def now() -> float:
-    return time.time()

@@ -7,6 +7,7 @@ both are exercised by the suite on every supported Python.
 
 from __future__ import annotations
 
+import contextlib
 import linecache
 import os
 import site
@@ -30,10 +31,8 @@ def _library_prefixes() -> tuple[str, ...]:
         p = sysconfig.get_paths().get(key)
         if p:
             paths.add(p)
-    try:
+    with contextlib.suppress(AttributeError):  # old virtualenv's site.py lacks it
         paths.update(site.getsitepackages())
-    except AttributeError:  # pragma: no cover - old virtualenv's site.py
-        pass
     user = getattr(site, "USER_SITE", None)
     if user:
         paths.add(user)
