@@ -34,6 +34,11 @@ class Config:
     """Hard limit for one py-spy run, enforced from outside the process."""
     pyspy_path: str = ""
     """py-spy executable; empty: next to the interpreter, then PATH."""
+    faulthandler: bool = True
+    """Re-arm faulthandler.dump_traceback_later from the watchdog so freezes that
+    hold the GIL are pinned (docs/native.md); off leaves faulthandler to the app."""
+    sentinel: bool = True
+    """A helper process runs py-spy when the watchdog itself cannot (GIL held)."""
     stall_after: float = 30.0
     """Default seconds a watch() unit may stay open before a stall dump."""
     update_after: tuple[float, ...] = (10.0, 60.0, 600.0)
@@ -48,6 +53,18 @@ class Config:
     """A loop idle in its selector still gets a real heartbeat this often."""
     name: str = ""
     """Name of the loop in dumps, logs and metrics; default: its thread's name."""
+    metrics_port: int = 0
+    """Serve /metrics and /healthz from a thread on this port; 0: no server."""
+    metrics_addr: str = "127.0.0.1"
+    """Address the metrics server binds; loopback unless chosen otherwise."""
+    liveness_limit: float = 10.0
+    """Seconds a loop may stay frozen before /healthz says 503 and the systemd
+    watchdog stops being fed."""
+    systemd_watchdog: bool = True
+    """Send WATCHDOG=1 to systemd (NOTIFY_SOCKET, WATCHDOG_USEC) while loops answer."""
+    registry: Any = dataclasses.field(default=None, compare=False, repr=False)
+    """prometheus_client registry for the metrics (keyword only, no environment
+    twin); None: prometheus-client's default registry."""
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -87,6 +104,8 @@ def _coerce(setting: _Setting, kind: type) -> Any:
             return tuple(float(x) for x in items if str(x).strip())
         if kind is str:
             return os.fspath(v) if v is not None else ""
+        if kind is object:
+            return v
     except (TypeError, ValueError):
         pass
     raise setting.fail(f"must be {'a number' if kind in (int, float) else kind.__name__}")
@@ -95,9 +114,13 @@ def _coerce(setting: _Setting, kind: type) -> Any:
 _KINDS: dict[str, type] = {
     "threshold": float, "interval": float, "dump_dir": str, "native": bool,
     "native_timeout": float, "pyspy_path": str, "stall_after": float,
+    "faulthandler": bool, "sentinel": bool,
     "update_after": tuple, "dump_rate_window": float, "max_dumps": int,
     "max_dump_bytes": int, "idle_beat_every": float, "name": str,
+    "metrics_port": int, "metrics_addr": str, "liveness_limit": float,
+    "systemd_watchdog": bool, "registry": object,
 }
+_NO_ENV = frozenset({"registry"})  # an object, not something an environment can hold
 
 
 def load(kwargs: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
@@ -112,7 +135,7 @@ def load(kwargs: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
         env_name = ENV_PREFIX + name.upper()
         if name in kwargs and kwargs[name] is not None:
             s = _Setting(name, kwargs[name], f"install({name}=...)")
-        elif env_name in env:
+        elif env_name in env and name not in _NO_ENV:
             s = _Setting(name, env[env_name], f"{env_name} environment variable")
         else:
             continue
@@ -137,9 +160,24 @@ def load(kwargs: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
     for name in ("max_dumps", "max_dump_bytes"):
         if getattr(cfg, name) < 1:
             raise where(name).fail("must be >= 1")
+    _check_metrics(cfg, where)
     dump_dir = os.path.abspath(os.path.expanduser(cfg.dump_dir or DEFAULT_DUMP_DIR))
     _check_dump_dir(dump_dir, where("dump_dir"))
     return dataclasses.replace(cfg, dump_dir=dump_dir)
+
+
+def _check_metrics(cfg: Config, where: Any) -> None:
+    """Metrics settings; whether the port can be bound is checked when binding."""
+    if not 0 <= cfg.metrics_port <= 65535:
+        raise where("metrics_port").fail("must be 0 (off) or a TCP port up to 65535")
+    if cfg.metrics_port and not cfg.metrics_addr.strip():
+        raise where("metrics_addr").fail("must be an address to bind")
+    if not cfg.liveness_limit > 0:
+        raise where("liveness_limit").fail("must be > 0")
+    reg = cfg.registry
+    if reg is not None and not (callable(getattr(reg, "register", None))
+                                and callable(getattr(reg, "collect", None))):
+        raise where("registry").fail("must be a prometheus_client CollectorRegistry")
 
 
 def _check_dump_dir(path: str, setting: _Setting) -> None:

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import errno
 import os
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from . import _state
-from ._config import load
+from ._config import Config, load
+from ._events import FreezeEvent
 from ._loopwatch import LoopWatch
+from ._sdnotify import Notifier
+from ._serve import MetricsServer
+from ._sinks import metrics as _metrics
 from ._sinks.log import events
 from ._watchdog import Watchdog
 
@@ -48,13 +54,46 @@ def install(
             for w in wd.watches if wd else ():
                 if w.loop is None and w._install_thread == me and not w.closed:
                     return w
+        _metrics.family(config.registry)  # the metric families exist from install on
+        _ensure_server(config)  # before the handle: a port that cannot be bound leaves none
         w = LoopWatch(loop, config, hooks, install_thread=me if loop is None or
                       _running_here(loop) else None)
         if loop is not None:
             _state.by_loop[loop] = w
         wd = _ensure_watchdog()
         wd.watches = (*wd.watches, w)
+        if config.systemd_watchdog and _state.notifier is None:
+            _state.notifier = Notifier.from_env()
         return w
+
+
+def _ensure_server(config: Config) -> None:
+    """Start the /metrics + /healthz thread if asked for and not running yet."""
+    if not config.metrics_port:
+        return
+    srv = _state.metrics_server
+    if srv is not None and srv.is_alive():
+        if (srv.addr, srv.port) != (config.metrics_addr, config.metrics_port):
+            raise ValueError(
+                f"metrics_port {config.metrics_port} on {config.metrics_addr}: this process "
+                f"already serves metrics on {srv.addr}:{srv.port} (one server per process)")
+        return
+    try:
+        _state.metrics_server = MetricsServer(config.metrics_addr, config.metrics_port,
+                                              config.registry)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE and _metrics.multiprocess_dir():
+            # Multiprocess mode: any worker's server shows every worker's values,
+            # so the worker that bound the port first serves them all.
+            events.emit(FreezeEvent(
+                "metrics_server_skipped", config.name or "*", 0.0,
+                reason=f"{config.metrics_addr}:{config.metrics_port} is taken; in "
+                       f"multiprocess mode the process holding it serves every worker"),
+                (), "info")
+            return
+        raise ValueError(
+            f"metrics_port {config.metrics_port} on metrics_addr {config.metrics_addr!r} "
+            f"cannot be bound: {e.strerror or e}") from None
 
 
 def _running_here(loop: asyncio.AbstractEventLoop) -> bool:
@@ -67,6 +106,8 @@ def _running_here(loop: asyncio.AbstractEventLoop) -> bool:
 def attach(w: LoopWatch, loop: asyncio.AbstractEventLoop) -> None:
     """A pending handle found its loop (called on the watchdog thread)."""
     with _state.lock:
+        if any(loop is x for x in _state.inherited_loops):
+            return  # the parent's loop, seen on a forked child's stack: it never runs here
         if loop in _state.by_loop:  # watched already through another install()
             w.closed = True
             _drop(w)
@@ -91,6 +132,17 @@ def _drop(w: LoopWatch) -> None:
         wd.watches = tuple(x for x in wd.watches if x is not w)
     if w.loop is not None and _state.by_loop.get(w.loop) is w:
         del _state.by_loop[w.loop]
+    _metrics.forget(w)
+
+
+def _stop_services() -> None:
+    """The last loop is no longer watched: stop the metrics server, stop feeding systemd."""
+    srv, _state.metrics_server = _state.metrics_server, None
+    if srv is not None:
+        srv.stop()
+    notifier, _state.notifier = _state.notifier, None
+    if notifier is not None:
+        notifier.close()
 
 
 def remove(w: LoopWatch, quiet: bool = False) -> None:
@@ -102,6 +154,7 @@ def remove(w: LoopWatch, quiet: bool = False) -> None:
         if wd is not None and not wd.watches:
             _state.watchdog = None
             wd.stop()
+            _stop_services()
 
 
 def uninstall(loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -118,18 +171,62 @@ def uninstall(loop: asyncio.AbstractEventLoop | None = None) -> None:
         if wd is not None and (loop is None or not wd.watches):
             _state.watchdog = None
             wd.stop()
+            _stop_services()
+        elif wd is None:
+            _stop_services()
     if loop is None:
         events.flush(1.0)
 
 
 def _after_fork_in_child() -> None:
-    # The watchdog thread did not survive the fork. Close every handle, so
-    # none claims to watch; the child calls install() again for its loops.
+    # Only the forking thread survives a fork: the watchdog, metrics-server and
+    # events threads are gone, and a lock one of them held stays held forever.
+    # Every inherited handle is closed, so none claims to watch. The loop the
+    # child will run is on the forking thread (gunicorn --preload forks workers
+    # from the thread that ran install() at import; multiprocessing forks from
+    # the caller), so if a handle watched (or waited for) a loop on this very
+    # thread, a pending handle with the same settings takes its place: it
+    # watches the first loop the child starts here. Loops of other threads
+    # cannot run in the child: nothing replaces their handles.
+    _state.lock = threading.RLock()
+    me = threading.get_ident()
     wd = _state.watchdog
+    rearm: LoopWatch | None = None
     for w in wd.watches if wd else ():
         w.closed = True
+        if (w._install_thread if w.loop is None else w._thread_id) == me:
+            rearm = w
+    if _state.metrics_server is not None:  # the parent keeps serving on the port
+        _state.metrics_server.close_in_child()
+    if _state.notifier is not None:  # systemd watches the main process, not its children
+        _state.notifier.close()
     _state.reset()
     events.after_fork()
+    _metrics.after_fork()
+    if rearm is not None:
+        _state.inherited_loops.extend(_loops_on_this_stack())
+        w = LoopWatch(None, rearm.config, rearm.hooks, install_thread=me)
+        wd = _ensure_watchdog()
+        wd.watches = (w,)
+
+
+def _loops_on_this_stack() -> list[Any]:
+    """Event loops referenced by the current thread's frames (as ``_find_loop`` sees them)."""
+    found: list[Any] = []
+    frame = sys._getframe(1)
+    depth = 0
+    while frame is not None and depth < 200:
+        depth += 1
+        try:
+            local = frame.f_locals
+            cands = [local.get("self"), local.get("loop"),
+                     getattr(local.get("self"), "_loop", None)]
+        except Exception:  # a frame whose locals cannot be read: nothing to learn there
+            cands = []
+        found.extend(c for c in cands
+                     if isinstance(c, asyncio.AbstractEventLoop) and all(c is not f for f in found))
+        frame = frame.f_back  # type: ignore[assignment]
+    return found
 
 
 def _at_exit() -> None:
@@ -137,8 +234,24 @@ def _at_exit() -> None:
     if wd is not None:
         _state.watchdog = None
         wd.stop(timeout=1.0)
+    _stop_services()
+    _mark_dead_in_multiprocess_dir()
     events.flush(0.5)
     events.stop(0.5)
+
+
+def _mark_dead_in_multiprocess_dir() -> None:
+    """A clean exit in multiprocess mode: drop this pid's live-gauge files
+    (prometheus-client's mark_process_dead; a killed worker needs the server's
+    child_exit hook instead, see docs/metrics.md)."""
+    if not _metrics.multiprocess_dir() or not _metrics.in_use():
+        return
+    try:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+    except OSError:  # boundary: exit must not fail over a metrics file
+        pass
 
 
 if hasattr(os, "register_at_fork"):

@@ -19,16 +19,19 @@ import time
 import types
 from typing import Any
 
-from . import _report, _state
+from . import _gil, _report, _state
 from ._config import Config
 from ._events import FreezeEvent
+from ._faulthandler import Capture
 from ._inflight import Unit
+from ._inflight import records as inflight_records
 from ._inflight import snapshot as inflight_snapshot
 from ._sinks import metrics as _metrics
 from ._sinks.log import Hook
 from ._snapshot.capture import capture
-from ._snapshot.model import NATIVE_OFF, NATIVE_PENDING, InflightUnit, LoopInfo
-from ._snapshot.native import capture_native, find_pyspy
+from ._snapshot.model import NATIVE_OFF, NATIVE_PENDING, Frame, InflightUnit, LoopInfo
+from ._snapshot.native import find_pyspy
+from ._snapshot.waits import WaitSampler
 
 # Code objects of the selectors' select(): a loop thread whose innermost
 # Python frame is one of these sits in epoll/poll/select waiting for I/O. It
@@ -41,6 +44,28 @@ _SELECT_CODES = frozenset(
 _HANDLE_RUN = asyncio.events.Handle._run.__code__
 _DEBUGGER_FILES = ("bdb.py", "pdb.py")
 STALL_SCAN_EVERY = 0.5
+
+
+def _loops_on_stack(frame: types.FrameType | None,
+                    any_name: bool = False) -> list[asyncio.AbstractEventLoop]:
+    """Event loops referenced by the frames of a stack, innermost first: by the
+    locals ``self``, ``loop`` and ``self._loop`` (what runs a loop), or by any
+    local with ``any_name``. Reads another thread's frames: tolerates changes."""
+    found: list[asyncio.AbstractEventLoop] = []
+    depth = 0
+    while frame is not None and depth < 200:
+        depth += 1
+        try:
+            local = frame.f_locals
+            me = local.get("self")
+            cands = [me, local.get("loop"), getattr(me, "_loop", None)]
+            if any_name:
+                cands.extend(local.values())
+        except Exception:  # a frame changing under us: skip it
+            cands = []
+        found.extend(c for c in cands if isinstance(c, asyncio.AbstractEventLoop))
+        frame = frame.f_back
+    return found
 
 
 @dataclasses.dataclass
@@ -77,6 +102,7 @@ class LoopWatch:
         self.dump_failures = 0
         self.closed = False
         self._install_thread = install_thread
+        self._caller_thread = threading.get_ident()  # install() builds the handle
         self._thread_id: int | None = install_thread if loop is not None else None
         # Heartbeat. Sequence numbers tell a late answer from a current one.
         self._sent_seq = 0
@@ -96,7 +122,13 @@ class LoopWatch:
         self.allow_exit_at = 0.0
         self._freeze: _Freeze | None = None
         self._last_stall_scan = 0.0
+        self.waits = WaitSampler()  # watchdog thread only
+        self._next_wait_sample = 0.0
         self._pyspy = find_pyspy(config.pyspy_path) if config.native else None
+        # Set by the watchdog before each tick: faulthandler's stacks when it
+        # fired since the last round (the watchdog could not run: GIL held).
+        self.gil_capture: Capture | None = None
+        self.watchdog_silent = 0.0  # seconds the watchdog could not run before this round
 
     # -- public -----------------------------------------------------------
     @property
@@ -184,12 +216,14 @@ class LoopWatch:
             self._pending = False
             if self._sent_seq != self._ignored_seq:
                 lag = max(0.0, self._answered_at - max(self._sent_at, self.allow_exit_at))
+                _metrics.lag(self, lag)  # a freeze's full duration is a lag sample too
                 if self._freeze is not None:
                     self._end_freeze(lag)
                 else:
-                    _metrics.lag(self, lag)
                     if lag >= cfg.threshold and self.allow_depth == 0:
                         self._late_freeze(lag)
+        if self.gil_capture is not None and self._freeze is None and not self._pending:
+            self._silent_gil_freeze()
         if self._pending:
             if not loop.is_running():
                 # Stopped with our beat queued: not a freeze. Forget that beat.
@@ -201,7 +235,7 @@ class LoopWatch:
             age = now - max(self._sent_at, self.allow_exit_at)
             if self._freeze is None:
                 if (age >= cfg.threshold and self.allow_depth == 0
-                        and self._sent_seq != self._ignored_seq):
+                        and self._sent_seq != self._ignored_seq and not self._just_woke()):
                     self._declare(now, age, tops)
             elif now >= self._freeze.next_update:
                 self._update(now, age)
@@ -209,6 +243,8 @@ class LoopWatch:
         if self.inflight and now - self._last_stall_scan >= STALL_SCAN_EVERY:
             self._last_stall_scan = now
             self._scan_stalls(now)
+        if now >= self._next_wait_sample and loop.is_running():
+            self._next_wait_sample = now + self.waits.sample(loop, now)
         if not loop.is_running() or now - self._sent_at < cfg.interval:
             return
         if self._is_idle(tops) and now - self._last_real_beat < cfg.idle_beat_every:
@@ -237,22 +273,28 @@ class LoopWatch:
     def _find_loop(self, tops: dict[int, types.FrameType]) -> None:
         """install() ran before any loop: look for a running loop on the installing thread."""
         frame = tops.get(self._install_thread) if self._install_thread is not None else None
-        depth = 0
-        while frame is not None and depth < 200:
-            depth += 1
-            try:
-                local = frame.f_locals
-                cands = [local.get("self"), local.get("loop"),
-                         getattr(local.get("self"), "_loop", None)]
-            except Exception:
-                cands = []
-            for cand in cands:
-                if isinstance(cand, asyncio.AbstractEventLoop) and cand.is_running():
-                    from . import _install
+        for cand in _loops_on_stack(frame):
+            if cand.is_running():
+                from . import _install
 
-                    _install.attach(self, cand)
-                    return
-            frame = frame.f_back
+                _install.attach(self, cand)
+                return
+
+    def _locate_thread(self, tops: dict[int, types.FrameType]) -> None:
+        """Learn the loop's thread before its first heartbeat ran (install(loop=...)
+        on a loop that was already frozen): asyncio records it on the loop; for
+        uvloop (a C run_forever) find the thread whose stack holds the loop."""
+        tid = getattr(self.loop, "_thread_id", None)
+        if tid is None:
+            me = threading.get_ident()  # the watchdog's own stack holds the loop too
+            holders = [ident for ident, top in tops.items() if ident != me and any(
+                cand is self.loop for cand in _loops_on_stack(top, any_name=True))]
+            # The thread that called install(loop=...) holds a reference but
+            # usually runs something else: prefer the others; guess only if unique.
+            pick = [t for t in holders if t != self._caller_thread] or holders
+            tid = pick[0] if len(pick) == 1 else None
+        if tid is not None and self._thread_id is None:  # the beat may have won meanwhile
+            self._thread_id = tid
 
     # -- detection results --------------------------------------------------
     def _info(self) -> LoopInfo:
@@ -263,8 +305,14 @@ class LoopWatch:
 
         return LoopInfo(self.name, tid, thread_name(tid))
 
-    def _inflight_records(self, now: float) -> tuple[InflightUnit, ...]:
-        return tuple(u.record(now) for u in inflight_snapshot(self.inflight))
+    def _inflight_records(self, now: float, subject: Any = None) -> tuple[InflightUnit, ...]:
+        """Units in flight; those of ``subject`` (default: the running task) are marked."""
+        if subject is None and self.loop is not None:
+            try:
+                subject = asyncio.current_task(self.loop)
+            except Exception:  # a foreign loop type: no task to mark
+                subject = None
+        return inflight_records(self.inflight, now, subject)
 
     def _debugger_stopped(self, tops: dict[int, types.FrameType]) -> bool:
         frame = tops.get(self._thread_id) if self._thread_id is not None else None
@@ -275,20 +323,31 @@ class LoopWatch:
             frame = frame.f_back
         return False
 
-    def _declare(self, now: float, age: float, tops: dict[int, types.FrameType]) -> None:
+    def _declare(self, now: float, age: float, tops: dict[int, types.FrameType],
+                 late: bool = False, since: float | None = None) -> None:
         cfg = self.config
-        if self._debugger_stopped(tops):
+        if self._thread_id is None:
+            self._locate_thread(tops)
+        gil_frames = self._gil_frames()
+        if gil_frames is None and self._debugger_stopped(tops):
             self._ignored_seq = self._sent_seq
             _report.emit(self, FreezeEvent("freeze_ignored", self.name, round(age, 3),
                                            reason="loop thread stopped in a debugger"), "info")
             return
         assert self.loop is not None
+        # Unresponsive since the beat was sent, or since an allow_blocking()
+        # block ended if that came later (the time before it was allowed).
+        start = max(self._sent_at, self.allow_exit_at)
         snap = capture(
             kind="freeze", loop=self.loop, info=self._info(), detected_at=time.time(),
-            blocked_for=time.monotonic() - self._sent_at, threshold=cfg.threshold,
+            blocked_for=time.monotonic() - start, threshold=cfg.threshold,
             inflight=self._inflight_records(now),
-            native=NATIVE_PENDING if cfg.native else NATIVE_OFF,
+            native=NATIVE_PENDING if cfg.native else NATIVE_OFF, waits=self.waits,
         )
+        if gil_frames is not None:
+            # The live stack is from after the GIL came back: pin on faulthandler's.
+            snap = _gil.pin(snap, gil_frames, age if late else snap.blocked_for,
+                            self.gil_capture)
         self.freezes += 1
         _metrics.freeze_detected(self)
         bf = snap.blocking_frame
@@ -299,25 +358,56 @@ class LoopWatch:
             reason = (f"rate limited: a dump for this frame was written in the last "
                       f"{cfg.dump_rate_window:g} s")
         else:
-            path = _report.write(self, snap)
+            path = _report.write(self, snap, signature=sig)
+            if gil_frames is not None:
+                reason = "GIL held: stacks captured by faulthandler during the freeze"
         self._freeze = _Freeze(
-            start=self._sent_at, detected_at=snap.detected_at, signature=sig,
+            start=start, detected_at=snap.detected_at, signature=sig,
             frame=(bf.file, bf.line, bf.function), json_path=path,
-            doc=snap.to_json() if path else None, next_update=self._sent_at + cfg.update_after[0],
+            doc=snap.to_json() if path else None, next_update=start + cfg.update_after[0],
         ) if cfg.update_after else _Freeze(
-            start=self._sent_at, detected_at=snap.detected_at, signature=sig,
+            start=start, detected_at=snap.detected_at, signature=sig,
             frame=(bf.file, bf.line, bf.function), json_path=path,
             doc=snap.to_json() if path else None, next_update=float("inf"),
         )
         _report.emit(self, _report.event_for("freeze_detected", self, snap, snap.blocked_for,
                                              path, reason))
         if path and cfg.native:
-            self._add_native(path, self._freeze.doc)
+            if gil_frames is not None:
+                self._add_gil_native(path, self._freeze.doc,
+                                     self._sent_at if since is None else since)
+            else:
+                self._add_native(path, self._freeze.doc)
+
+    def _just_woke(self) -> bool:
+        """The watchdog itself could not run for a while (GIL held) and faulthandler
+        saw nothing: a live stack now shows the loop after the freeze, not in it.
+        Give the heartbeat one more round to come back (then: a late freeze)."""
+        return self.gil_capture is None and self.watchdog_silent >= self.config.threshold / 2
+
+    def _gil_frames(self) -> tuple[Frame, ...] | None:
+        cap = self.gil_capture
+        return cap.frames_of(self._thread_id) if cap is not None else None
+
+    def busy_in(self, cap: Capture | None) -> bool:
+        """True if the faulthandler capture shows this loop running code (not idle)."""
+        frames = cap.frames_of(self._thread_id) if cap is not None else None
+        code = self._idle_code
+        idle_at = (os.path.abspath(code.co_filename), self._idle_line) if code else None
+        return frames is not None and not _gil.idle(frames, idle_at)
+
+    def _add_gil_native(self, path: str, doc: dict[str, Any] | None, since: float) -> None:
+        """Native frames of a GIL-held freeze: the sentinel's, taken during it."""
+        gl = _gil.layers()
+        if doc is None or gl is None:
+            return
+        doc["native"] = gl.sentinel_native(since, self).to_json()
+        _report.write(self, doc, rewrite=path)
 
     def _add_native(self, path: str, doc: dict[str, Any] | None) -> None:
         if doc is None:
             return
-        native = capture_native(os.getpid(), self._pyspy, self.config.native_timeout)
+        native = _gil.live_native(self, self._pyspy)
         doc["native"] = native.to_json()
         _report.write(self, doc, rewrite=path)
 
@@ -335,7 +425,7 @@ class LoopWatch:
         snap = capture(
             kind="freeze-update", loop=self.loop, info=self._info(), detected_at=time.time(),
             blocked_for=age, threshold=cfg.threshold, inflight=self._inflight_records(now),
-            native=NATIVE_PENDING if cfg.native else NATIVE_OFF,
+            native=NATIVE_PENDING if cfg.native else NATIVE_OFF, waits=self.waits,
         )
         bf = snap.blocking_frame
         frame = (bf.file, bf.line, bf.function)
@@ -367,10 +457,33 @@ class LoopWatch:
                                        blocked_at=fr.signature, dump_path=fr.json_path,
                                        reason=reason))
 
+    def _silent_gil_freeze(self) -> None:
+        """faulthandler fired with this loop busy while no heartbeat was out (the
+        loop was idle when the C call began): the loop was frozen for as long as
+        the watchdog could not run - its silent stretch, within one interval."""
+        cap = self.gil_capture
+        if (cap is None or cap.silent < self.config.threshold or self.allow_depth
+                or not self.busy_in(cap)):
+            return
+        self.late_freezes += 1
+        self._declare(time.monotonic(), cap.silent, {}, late=True,
+                      since=cap.read_at - cap.silent)
+        self.gil_capture = None
+        if self._freeze is not None and self._freeze.doc is not None:
+            self._freeze.doc["duration_measured_by"] = "watchdog silence"
+        self._end_freeze(cap.silent)
+
     def _late_freeze(self, lag: float) -> None:
         """A beat answered after the threshold without a live detection: the
         watchdog itself could not run (GIL held by a C call) or the freeze ended
-        between two checks. Counted and reported; there is no live stack."""
+        between two checks. With a faulthandler capture (GIL held) it becomes a
+        normal freeze dump, pinned on the captured stack, with its full duration."""
+        if self._gil_frames() is not None and self.loop is not None:
+            self.late_freezes += 1
+            self._declare(time.monotonic(), lag, {}, late=True)
+            self.gil_capture = None  # used
+            self._end_freeze(lag)
+            return
         self.freezes += 1
         self.late_freezes += 1
         _metrics.freeze_detected(self)
@@ -393,18 +506,23 @@ class LoopWatch:
         rec = unit.record(now)
         snap = capture(
             kind="stall", loop=self.loop, info=self._info(), detected_at=time.time(),
-            blocked_for=age, threshold=limit, inflight=self._inflight_records(now),
+            blocked_for=age, threshold=limit, inflight=self._inflight_records(now, unit.task),
             native=NATIVE_OFF, stalled_task=unit.task, extra={"stalled": rec.to_json()},
+            waits=self.waits,
         )
         self.stalls += 1
         _metrics.stall_detected(self)
         path = None
         reason = None
         window = self.config.dump_rate_window
-        if _report.rate_limited("stall " + snap.blocking_frame.where, window):
+        # The application's line is part of a stall's signature: stalls of
+        # different requests often share the library frame they wait in.
+        af = snap.app_frame
+        sig = "stall " + snap.blocking_frame.where + (" / " + af.where if af else "")
+        if _report.rate_limited(sig, window):
             reason = "rate limited"
         else:
-            path = _report.write(self, snap)
+            path = _report.write(self, snap, signature=sig)
         ev = _report.event_for("stall_detected", self, snap, age, path, reason)
         _report.emit(self, dataclasses.replace(ev, reason=reason or f"{unit.kind} {unit.name!r}"))
 

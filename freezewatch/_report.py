@@ -21,14 +21,19 @@ if TYPE_CHECKING:
     from ._loopwatch import LoopWatch
 
 
-def write(w: LoopWatch, snap: Snapshot | dict[str, Any], rewrite: str | None = None) -> str | None:
-    """Write (or rewrite) a dump for ``w``; returns the .json path, None on failure."""
+def write(w: LoopWatch, snap: Snapshot | dict[str, Any], rewrite: str | None = None,
+          signature: str | None = None) -> str | None:
+    """Write (or rewrite) a dump for ``w``; returns the .json path, None on failure.
+
+    A written dump starts the rate-limit window of ``signature``; a failed one
+    does not, so the next freeze at that frame is dumped once the directory
+    is writable again.
+    """
     cfg = w.config
     doc = snap.to_json() if isinstance(snap, Snapshot) else snap
     try:
         if rewrite is not None:
-            rewrite_dump(rewrite, doc)
-            return rewrite
+            return rewrite if rewrite_dump(rewrite, doc) else None
         name = dump_name(doc["kind"], doc["detected_at"], next(_state.dump_seq))
         path = write_dump(cfg.dump_dir, name, doc, cfg.max_dumps, cfg.max_dump_bytes)
     except Exception as e:  # boundary: the dump-file sink (full disk, directory gone, ...)
@@ -38,6 +43,8 @@ def write(w: LoopWatch, snap: Snapshot | dict[str, Any], rewrite: str | None = N
         emit(w, FreezeEvent("dump_failed", w.name, doc.get("blocked_for", 0.0), reason=reason),
              level="error")
         return None
+    if signature is not None:
+        _state.last_dump_by_signature[signature] = time.monotonic()
     w.dumps.append(path)
     _metrics.dump_written(w)
     return path
@@ -45,12 +52,8 @@ def write(w: LoopWatch, snap: Snapshot | dict[str, Any], rewrite: str | None = N
 
 def rate_limited(signature: str, window: float) -> bool:
     """True if a dump with this blocking-frame signature was written within ``window`` s."""
-    now = time.monotonic()
     last = _state.last_dump_by_signature.get(signature)
-    if last is not None and now - last < window:
-        return True
-    _state.last_dump_by_signature[signature] = now
-    return False
+    return last is not None and time.monotonic() - last < window
 
 
 def emit(w: LoopWatch, event: FreezeEvent, level: str = "warning") -> None:

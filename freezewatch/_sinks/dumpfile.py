@@ -56,8 +56,17 @@ def write_dump(
     return base + ".json"
 
 
-def rewrite_dump(json_path: str, doc: dict[str, Any]) -> None:
-    """Replace an existing dump pair atomically (e.g. to add ``duration``)."""
+def rewrite_dump(json_path: str, doc: dict[str, Any]) -> bool:
+    """Replace an existing dump pair atomically (e.g. to add ``duration``).
+
+    A dump that retention removed meanwhile (a long freeze whose later dumps
+    pushed it out) stays removed: re-creating it would break the bounds.
+    Retention and rewrites both run on the watchdog thread, so the check
+    cannot race with a removal. Returns False when there was nothing to rewrite.
+    """
+    if not os.path.exists(json_path):
+        return False
     base = json_path[: -len(".json")]
     write_atomic(base + ".txt", render(doc).encode("utf-8", "replace"))
     write_atomic(json_path, json.dumps(doc, indent=1, default=str).encode("utf-8", "replace"))
+    return True

@@ -59,7 +59,7 @@ class EventSink:
                 continue
             event, hooks, level = item
             try:
-                getattr(log, level)(event.event, **event.fields())
+                getattr(log, level)(event.event, **_log_fields(event))
             except Exception:  # boundary: the application's logging config
                 self.failures += 1
             for hook in hooks:
@@ -90,6 +90,14 @@ class EventSink:
             self._q.put(_STOP)
             t.join(timeout)
         self._thread = None
+
+
+def _log_fields(event: FreezeEvent) -> dict[str, object]:
+    """The event's fields, plus the contract's names for its seconds: ``duration``
+    on ``*_ended`` events, ``blocked_for`` on the others (``seconds`` stays too)."""
+    fields = event.fields()
+    fields["duration" if event.event.endswith("_ended") else "blocked_for"] = event.seconds
+    return fields
 
 
 events = EventSink()

@@ -11,12 +11,15 @@ import asyncio
 import os
 import socket
 import sys
+import time
 from typing import Any
 
 from . import frames as _frames
+from .context import task_context
 from .model import Frame, InflightUnit, LoopInfo, Native, Snapshot, TaskGroup, ThreadStack
 from .tasks import all_tasks, group_tasks, task_chain
 from .threads import thread_stacks
+from .waits import WaitSampler
 
 UNKNOWN_FRAME = Frame("<unknown>", 0, "<unknown>", None)
 _HOST = socket.gethostname()
@@ -43,6 +46,7 @@ def capture(
     native: Native,
     stalled_task: asyncio.Task[Any] | None = None,
     extra: dict[str, Any] | None = None,
+    waits: WaitSampler | None = None,
 ) -> Snapshot:
     errors: list[str] = []
     tops = _safe(errors, "threads", _frames.thread_top_frames, {})
@@ -54,11 +58,14 @@ def capture(
     current = _safe(errors, "current_task", lambda: asyncio.current_task(loop), None)
     tasks = _safe(errors, "tasks", lambda: all_tasks(loop), [])
     groups: tuple[TaskGroup, ...] = _safe(
-        errors, "tasks", lambda: group_tasks(tasks, current), ()
+        errors, "tasks",
+        lambda: group_tasks(tasks, current, waits.age_of(time.monotonic()) if waits else None), ()
     )
     chain: tuple[Frame, ...] = ()
     if stalled_task is not None:
         chain, _ = _safe(errors, "stalled_task", lambda: task_chain(stalled_task), ((), None))
+    subject = stalled_task if stalled_task is not None else current
+    context = _safe(errors, "context", lambda: task_context(subject), None)
     skip = {info.thread_id} if info.thread_id is not None else set()
     threads: tuple[ThreadStack, ...] = _safe(
         errors, "threads", lambda: thread_stacks(tops, skip), ()
@@ -73,6 +80,11 @@ def capture(
     doc_extra = dict(extra or {})
     if kind == "stall":
         doc_extra["await_chain"] = [f.to_json() for f in chain]
+    if context is not None:  # Python >= 3.12 with a task: its structlog contextvars
+        doc_extra["context"] = context
+    request = next((u for u in inflight if u.in_blocking_task), None)
+    if request is not None:  # the outermost unit (request) the blocking task serves
+        doc_extra.setdefault("request", request.to_json())
     return Snapshot(
         kind=kind,
         pid=os.getpid(),

@@ -38,6 +38,10 @@ class TaskGroup:
     awaiting: str | None
     count: int
     names: tuple[str, ...]
+    waiting: float | None = None
+    """Seconds every task of the group has at least sat at this point (None: unknown)."""
+    waiting_longest: float | None = None
+    """Seconds the longest-waiting task of the group has at least sat there."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +52,9 @@ class TaskGroup:
             "state": self.state,
             "awaiting": self.awaiting,
             "await_chain": [f.to_json() for f in self.await_chain],
+            "waiting": None if self.waiting is None else round(self.waiting, 1),
+            "waiting_longest": (None if self.waiting_longest is None
+                                else round(self.waiting_longest, 1)),
         }
 
 
@@ -68,13 +75,51 @@ class ThreadStack:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class NativeFrame:
+    """One frame of a py-spy stack: a C function (``native``) or a Python one."""
+
+    function: str
+    file: str
+    line: int
+    native: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"function": self.function, "file": self.file, "line": self.line,
+                "native": self.native}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NativeThread:
+    """One thread as py-spy saw it; ``frames`` outermost first, like every stack here."""
+
+    thread_id: int | None
+    os_thread_id: int | None
+    name: str | None
+    owns_gil: bool
+    active: bool
+    frames: tuple[NativeFrame, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"thread_id": self.thread_id, "os_thread_id": self.os_thread_id,
+                "name": self.name, "owns_gil": self.owns_gil, "active": self.active,
+                "frames": [f.to_json() for f in self.frames]}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Native:
     ok: bool
     text: str | None = None
     error: str | None = None
+    threads: tuple[NativeThread, ...] = ()
+    source: str | None = None
+    """Who ran py-spy: "watchdog" (live freeze) or "sentinel" (GIL held)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "text": self.text, "error": self.error}
+        doc: dict[str, Any] = {"ok": self.ok, "text": self.text, "error": self.error,
+                               "threads": [t.to_json() for t in self.threads]}
+        if self.source:
+            doc["source"] = self.source
+        return doc
 
 
 NATIVE_PENDING = Native(False, None, "native capture still running (this file is rewritten)")
@@ -88,6 +133,9 @@ class InflightUnit:
     age: float
     task: str | None
     detail: str | None = None
+    request_id: str | None = None
+    in_blocking_task: bool = False
+    """True for units of the task the dump is about (running, or stalled)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -96,6 +144,8 @@ class InflightUnit:
             "age": round(self.age, 3),
             "task": self.task,
             "detail": self.detail,
+            "request_id": self.request_id,
+            "in_blocking_task": self.in_blocking_task,
         }
 
 

@@ -2,39 +2,75 @@
 
 ``py-spy dump`` ptrace-stops the whole process while it reads it, the
 watchdog thread included, so a py-spy that hangs cannot be killed by a
-timer of ours: the limit is enforced by a separate process (coreutils
-``timeout``, or a tiny Python supervisor where that is missing) that sends
-SIGINT (py-spy detaches) and then SIGKILL.
+timer of ours. The limit is enforced by a small supervisor process (Python,
+``-I -S``) that starts py-spy in its own process group, sends SIGINT (py-spy
+detaches) and then SIGKILL to the group, and finally sends SIGCONT to the
+target if the killed tracer left it stopped.
+
+Yama ``ptrace_scope = 1`` (Ubuntu, many containers) lets a process trace
+only its descendants, and py-spy is our descendant, not our ancestor. The
+target may name one process (and its descendants) allowed to trace it:
+``prctl(PR_SET_PTRACER, pid)``. The pid is known only after the spawn, so
+the supervisor waits for a go byte on its stdin: we spawn it, name it with
+PR_SET_PTRACER, then send the byte, and only then does it start py-spy (its
+child, hence allowed). There is one such slot per process; afterwards it is
+handed back to the sentinel (see ``_sentinel.py``), or cleared.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from typing import Any
 
-from .model import Native
+from .model import Native, NativeFrame, NativeThread
 
-_LIMIT_CODE = """\
-import signal, subprocess, sys
-limit = float(sys.argv[1]); p = subprocess.Popen(sys.argv[2:])
-try:
-    sys.exit(p.wait(limit))
-except subprocess.TimeoutExpired:
-    p.send_signal(signal.SIGINT)
-    try:
-        p.wait(1)
-    except subprocess.TimeoutExpired:
-        p.kill(); p.wait()
-    sys.exit(124)
-"""
-_TIMED_OUT = {124, 137, -9}
-_PTRACE_ADVICE = (
+PR_SET_PTRACER = 0x59616D61  # "Yama": <linux/prctl.h>
+PTRACE_ADVICE = (
     "ptrace not permitted: run with CAP_SYS_PTRACE (docker: --cap-add SYS_PTRACE) "
     "or set kernel.yama.ptrace_scope=0"
 )
+MAX_NATIVE_FRAMES = 200
+TIMED_OUT = 124
+
+# argv: limit, target pid, py-spy argv... Waits for one byte on stdin (the
+# go signal, sent after PR_SET_PTRACER named this process), runs py-spy in a
+# new process group so a wrapper script and its children die together.
+_SUPERVISOR = """\
+import os, signal, subprocess, sys
+limit = float(sys.argv[1]); target = int(sys.argv[2])
+if not sys.stdin.buffer.read(1):
+    sys.exit(125)
+p = subprocess.Popen(sys.argv[3:], start_new_session=True, stdin=subprocess.DEVNULL)
+code = None
+try:
+    code = p.wait(limit)
+except subprocess.TimeoutExpired:
+    for sig, grace in ((signal.SIGINT, 1.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(p.pid, sig)
+        except OSError:
+            pass
+        try:
+            p.wait(grace)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+    code = 124
+try:
+    with open(f"/proc/{target}/stat", "rb") as f:
+        if f.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t"):
+            os.kill(target, signal.SIGCONT)
+except (OSError, IndexError):
+    pass
+sys.exit(code)
+"""
 
 
 def find_pyspy(configured: str = "") -> str | None:
@@ -47,43 +83,140 @@ def find_pyspy(configured: str = "") -> str | None:
     return shutil.which("py-spy")
 
 
-def limited_argv(argv: list[str], limit: float) -> list[str]:
-    """``argv`` wrapped so that an outside process kills it after ``limit`` seconds."""
-    timeout = shutil.which("timeout")
-    if timeout:
-        return [timeout, "--signal=INT", "--kill-after=1", f"{limit:g}", *argv]
-    return [sys.executable, "-I", "-c", _LIMIT_CODE, f"{limit:g}", *argv]
-
-
-def capture_native(pid: int, pyspy: str | None, limit: float) -> Native:
-    """Run ``py-spy dump --native`` on ``pid``; never raises."""
-    if not pyspy:
-        return Native(
-            False,
-            error=f"py-spy not found next to {sys.executable} or on PATH: pip install py-spy",
-        )
-    argv = limited_argv([pyspy, "dump", "--pid", str(pid), "--native"], limit)
+def yama_scope() -> int | None:
+    """The kernel's Yama ptrace_scope (0-3), or None where there is no Yama."""
     try:
-        # The inner timeout is only a backstop for the supervisor itself.
-        proc = subprocess.run(
-            argv, capture_output=True, text=True, errors="replace",
-            stdin=subprocess.DEVNULL, timeout=limit + 10,
-        )
-    except FileNotFoundError:
-        return Native(False, error=f"py-spy not found at {pyspy!r}: pip install py-spy")
-    except (OSError, subprocess.SubprocessError) as e:
-        return Native(False, error=f"py-spy could not run: {e}")
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def allow_ptracer(pid: int) -> bool:
+    """Let exactly ``pid`` (and its descendants) ptrace this process under Yama.
+
+    ``pid=0`` clears the permission. Never PR_SET_PTRACER_ANY. Returns False
+    where there is no Yama (the kernel answers EINVAL; nothing to allow) or
+    no libc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return int(libc.prctl(PR_SET_PTRACER, ctypes.c_ulong(pid), 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def capture_native(pid: int, pyspy: str | None, limit: float, *, source: str = "watchdog",
+                   ptracer_after: int = 0) -> Native:
+    """Run ``py-spy dump --native --json`` on ``pid``; never raises.
+
+    ``ptracer_after``: the pid that holds the PR_SET_PTRACER slot once this
+    run is over (the sentinel's), 0 to clear it.
+    """
+    if not pyspy:
+        return Native(False, error=(f"py-spy not found next to {sys.executable} or on PATH: "
+                                    "pip install py-spy"), source=source)
+    if not os.access(pyspy, os.X_OK):
+        return Native(False, error=f"py-spy not found at {pyspy!r}: pip install py-spy",
+                      source=source)
+    argv = [sys.executable, "-I", "-S", "-c", _SUPERVISOR, f"{limit:g}", str(pid),
+            *pyspy_argv(pyspy, pid)]
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+    except OSError as e:
+        return Native(False, error=f"py-spy could not run: {e}", source=source)
+    try:
+        allow_ptracer(proc.pid)
+        try:
+            # The inner limit is the supervisor's; this one is only a backstop
+            # for the supervisor itself (it is not ptrace-stopped, we may be).
+            out, err = proc.communicate(b"g", timeout=limit + 10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
     finally:
+        allow_ptracer(ptracer_after)
         resume_if_stopped()
-    if proc.returncode in _TIMED_OUT:
-        return Native(False, text=proc.stdout or None, error=f"py-spy timed out after {limit:g} s")
-    if proc.returncode != 0 or not proc.stdout.strip():
-        err = (proc.stderr or proc.stdout).strip().splitlines()
-        msg = err[-1] if err else f"exit status {proc.returncode}"
-        if "ermission denied" in msg or "not permitted" in msg:
-            msg = f"{msg}; {_PTRACE_ADVICE}"
-        return Native(False, text=proc.stdout or None, error=f"py-spy failed: {msg}")
-    return Native(True, text=proc.stdout)
+    return native_from_output(proc.returncode, out.decode(errors="replace"),
+                              err.decode(errors="replace"), limit, source)
+
+
+def pyspy_argv(pyspy: str, pid: int) -> list[str]:
+    return [pyspy, "dump", "--pid", str(pid), "--native", "--json"]
+
+
+def native_from_output(code: int | None, out: str, err: str, limit: float,
+                       source: str) -> Native:
+    """py-spy's exit status and output -> a Native record (shared with the sentinel)."""
+    if code in (TIMED_OUT, -signal.SIGKILL):
+        return Native(False, error=(f"py-spy timed out after {limit:g} s and was killed "
+                                    "(SIGINT, then SIGKILL)"), source=source)
+    if code != 0 or not out.strip():
+        lines = (err or out).strip().splitlines()
+        msg = lines[-1] if lines else f"exit status {code}"
+        if "ermission denied" in msg or "not permitted" in msg or "EPERM" in msg:
+            scope = yama_scope()
+            where = f" (kernel.yama.ptrace_scope={scope})" if scope else ""
+            msg = f"{msg}{where}; {PTRACE_ADVICE}"
+        return Native(False, error=f"py-spy failed: {msg}", source=source)
+    try:
+        threads = parse_pyspy_json(out)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        # An old py-spy without --json support, or output we do not know: keep it as text.
+        return Native(True, text=out, source=source)
+    return Native(True, text=render_text(threads), threads=threads, source=source)
+
+
+def _int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def parse_pyspy_json(text: str) -> tuple[NativeThread, ...]:
+    """``py-spy dump --json`` (a list of threads, frames innermost first) -> records."""
+    raw = json.loads(text)
+    if not isinstance(raw, list):
+        raise ValueError("py-spy JSON: not a list")
+    out: list[NativeThread] = []
+    for t in raw:
+        frames = []
+        for f in t.get("frames") or []:
+            frames.append(NativeFrame(
+                function=str(f.get("name") or "?"),
+                file=str(f.get("filename") or f.get("short_filename") or "?"),
+                line=_int(f.get("line")) or 0,
+                native=f.get("module") is not None,
+            ))
+        frames = frames[:MAX_NATIVE_FRAMES]
+        frames.reverse()  # outermost first, like every other stack in a dump
+        out.append(NativeThread(
+            thread_id=_int(t.get("thread_id")), os_thread_id=_int(t.get("os_thread_id")),
+            name=t.get("thread_name") if isinstance(t.get("thread_name"), str) else None,
+            owns_gil=bool(t.get("owns_gil")), active=bool(t.get("active")),
+            frames=tuple(frames),
+        ))
+    return tuple(out)
+
+
+def frame_text(f: NativeFrame) -> str:
+    if f.native:
+        return f"{f.function} ({os.path.basename(f.file)})"
+    return f"{f.function} ({f.file}:{f.line})"
+
+
+def render_text(threads: tuple[NativeThread, ...]) -> str:
+    """A py-spy-like text (innermost first) for people and the .txt report."""
+    lines: list[str] = []
+    for t in threads:
+        tid = f"0x{t.thread_id:x}" if t.thread_id is not None else "?"
+        flags = ", ".join(x for x, on in (("active", t.active), ("holds the GIL", t.owns_gil))
+                          if on)
+        lines.append(f"Thread {tid} {t.name or ''} (os tid {t.os_thread_id})"
+                     + (f" [{flags}]" if flags else ""))
+        lines.extend(f"    {frame_text(f)}" for f in reversed(t.frames))
+    return "\n".join(lines)
 
 
 def resume_if_stopped() -> bool:

@@ -8,6 +8,7 @@ document, not from live objects, so the same code can render a dump file.
 from __future__ import annotations
 
 import datetime
+import os
 from typing import Any
 
 MAX_GROUPS_SHOWN = 50
@@ -42,6 +43,41 @@ def _secs(x: Any) -> str:
         return f"{float(x):.2f} s"
     except (TypeError, ValueError):
         return "?"
+
+
+def _waiting(g: dict[str, Any]) -> str:
+    """``, waiting ≥ 41 s`` for a task group whose wait age is known (waits.py)."""
+    low, high = g.get("waiting"), g.get("waiting_longest")
+    if not isinstance(low, (int, float)):
+        return ""
+    text = f", waiting \u2265 {_age(low)}"
+    if isinstance(high, (int, float)) and high - low >= 1.0:
+        text += f" (longest \u2265 {_age(high)})"
+    return text
+
+
+def _age(x: float) -> str:
+    """Floored (the ages are lower bounds): 0.9 s, 41 s, 11 min, 3 h."""
+    if x < 10:
+        return f"{int(x * 10) / 10:.1f} s"
+    if x < 600:
+        return f"{int(x)} s"
+    return f"{int(x // 60)} min" if x < 36000 else f"{int(x // 3600)} h"
+
+
+def _loop_native(lines: list[str], doc: dict[str, Any]) -> None:
+    """The loop thread's native stack (py-spy), right under its Python stack."""
+    native = doc.get("native") or {}
+    tid = (doc.get("loop") or {}).get("thread_id")
+    for t in native.get("threads") or []:
+        if tid is not None and t.get("thread_id") == tid:
+            who = "sentinel, during the freeze" if native.get("source") == "sentinel" else "py-spy"
+            lines.append(f"Loop thread native stack ({who}; most recent call last):")
+            for f in t.get("frames") or []:
+                where = (os.path.basename(str(f.get("file"))) if f.get("native")
+                         else f"{f.get('file')}:{f.get('line')}")
+                lines.append(f"  {f.get('function')} ({where})")
+            return
 
 
 def render(doc: dict[str, Any]) -> str:
@@ -85,12 +121,26 @@ def render(doc: dict[str, Any]) -> str:
             lines.append(f"             {af['code']}")
     elif not af:
         lines.append("App line:    (no application frame on this stack)")
-    lines.append(f"Task:        {doc.get('current_task') or '(no task: a plain callback)'}")
+    if kind == "stall":
+        lines.append(f"Task:        {(doc.get('stalled') or {}).get('task')} (stalled)")
+    else:
+        lines.append(f"Task:        {doc.get('current_task') or '(no task: a plain callback)'}")
+    req = doc.get("request")
+    if req:
+        rid = f", request id {req['request_id']}" if req.get("request_id") else ""
+        lines.append(f"Request:     {req.get('name')} (open {_secs(req.get('age'))}{rid})")
+    if doc.get("context"):
+        lines.append("Context:     " + " ".join(f"{k}={v!r}" for k, v in doc["context"].items()))
     for u in doc.get("inflight") or []:
-        detail = f", {u['detail']}" if u.get("detail") else ""
+        name, detail = str(u.get("name")), u.get("detail")
+        if detail and str(detail).startswith(name):  # "GET url — status 200, ..."
+            name, detail = str(detail), None
+        detail = f", {detail}" if detail else ""
+        rid = f", request id {u['request_id']}" if u.get("request_id") else ""
+        mark = "  <- this task" if u.get("in_blocking_task") else ""
         lines.append(
-            f"In flight:   {u.get('name')} ({u.get('kind')}, {_secs(u.get('age'))}, "
-            f"task {u.get('task')}{detail})"
+            f"In flight:   {name} ({u.get('kind')}, {_secs(u.get('age'))}, "
+            f"task {u.get('task')}{rid}{detail}){mark}"
         )
     if doc.get("gil_held"):
         lines.append("GIL:         held during the freeze (captured by faulthandler)")
@@ -102,6 +152,7 @@ def render(doc: dict[str, Any]) -> str:
         lines.append("")
     lines.append("Loop thread stack (most recent call last):")
     _frames(lines, (doc.get("loop_thread") or {}).get("frames") or [])
+    _loop_native(lines, doc)
     lines.append("")
 
     tasks = doc.get("tasks") or []
@@ -112,7 +163,8 @@ def render(doc: dict[str, Any]) -> str:
             g.get("names") or []
         ) else ""
         lines.append(
-            f"  [{g.get('count', 1)}x {g.get('state')}] {g.get('coroutine')}  {names}{more}"
+            f"  [{g.get('count', 1)}x {g.get('state')}{_waiting(g)}] {g.get('coroutine')}  "
+            f"{names}{more}"
         )
         _frames(lines, g.get("await_chain") or [], indent="      ")
         if g.get("awaiting"):

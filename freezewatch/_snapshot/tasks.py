@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import types
+from collections.abc import Callable
 from typing import Any
 
 from .frames import frame_record
@@ -114,15 +115,35 @@ def task_chain(task: asyncio.Task[Any]) -> tuple[tuple[Frame, ...], str | None]:
     return tuple(frame_record(f) for f in frames), describe(waiter if waiter is not None else leaf)
 
 
+def _add_age(ages: dict[tuple[Any, ...], list[Any]], key: tuple[Any, ...],
+             age_of: Callable[[asyncio.Task[Any]], float | None], task: Any) -> None:
+    try:
+        age = age_of(task)
+    except Exception:  # the task changed under us: its age is unknown
+        age = None
+    if age is None:
+        return
+    span = ages.get(key)
+    if span is None:
+        ages[key] = [1, age, age]
+    else:
+        span[0] += 1
+        span[1] = min(span[1], age)
+        span[2] = max(span[2], age)
+
+
 def group_tasks(
-    tasks: list[asyncio.Task[Any]], current: asyncio.Task[Any] | None
+    tasks: list[asyncio.Task[Any]], current: asyncio.Task[Any] | None,
+    age_of: Callable[[asyncio.Task[Any]], float | None] | None = None,
 ) -> tuple[TaskGroup, ...]:
     """Group tasks by identical (coroutine, state, await chain, leaf type).
 
     Only (code, line) pairs are collected per task; frames become records once
-    per group, so 100,000 identical tasks cost one rendering.
+    per group, so 100,000 identical tasks cost one rendering. ``age_of`` (see
+    waits.py) gives each task's wait age; groups carry their min and max.
     """
     groups: dict[tuple[Any, ...], list[Any]] = {}
+    ages: dict[tuple[Any, ...], list[Any]] = {}  # key -> [known, min, max]
     for task in tasks:
         try:
             coro = task.get_coro()
@@ -145,10 +166,16 @@ def group_tasks(
             entry[1] += 1
             if len(entry[2]) < MAX_NAMES:
                 entry[2].append(_task_name(task))
+        if age_of is not None:
+            _add_age(ages, key, age_of, task)
     out = []
-    for (coro_name, state, _codes, awaiting), (frames, count, names) in groups.items():
+    for key, (frames, count, names) in groups.items():
+        coro_name, state, _codes, awaiting = key
         chain = tuple(frame_record(f) for f in frames)
-        out.append(TaskGroup(coro_name, state, chain, awaiting, count, tuple(names)))
+        known, low, high = ages.get(key) or (0, None, None)
+        out.append(TaskGroup(coro_name, state, chain, awaiting, count, tuple(names),
+                             waiting=(low if known == count else 0.0) if known else None,
+                             waiting_longest=high))
     # Running task first, then biggest groups.
     out.sort(key=lambda g: (g.state != "running", -g.count))
     return tuple(out)

@@ -1,0 +1,147 @@
+"""The two layers that see what no Python thread can: faulthandler and the sentinel.
+
+A C call that holds the GIL stops the watchdog thread too. The watchdog
+drives both layers once per round (``round``) and, when it runs again after
+such a stretch, the loop code (``_loopwatch``) turns their captures into a
+normal freeze dump:
+
+- the faulthandler timer (``_faulthandler``) gives every Python stack at a
+  moment inside the freeze: ``blocking_frame``, ``loop_thread``, ``gil_held``;
+- the sentinel process (``_sentinel``) gives py-spy's native stacks taken
+  inside the freeze: ``native``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from . import _state
+from ._events import FreezeEvent
+from ._faulthandler import Capture, Timer
+from ._sentinel import Sentinel
+from ._sinks.log import events
+from ._snapshot.frames import app_frame
+from ._snapshot.model import Frame, Native, Snapshot
+from ._snapshot.native import capture_native, find_pyspy, native_from_output
+
+if TYPE_CHECKING:
+    from ._loopwatch import LoopWatch
+
+
+def _conflict(reason: str) -> None:
+    # Called on whichever application thread touched faulthandler: only a
+    # queue put (events.emit never blocks on a Python-level lock).
+    events.emit(FreezeEvent("faulthandler_conflict", "*", 0.0, reason=reason), (), "warning")
+
+
+class GilLayers:
+    """Owned by the one Watchdog; every method runs on the watchdog thread."""
+
+    def __init__(self) -> None:
+        self.timer = Timer(_conflict)
+        self.sentinel = Sentinel()
+        self._sentinel_tried = False
+        self.captures = 0
+
+    def round(self, now: float, watches: Sequence[LoopWatch], silent: float) -> Capture | None:
+        """Re-arm faulthandler, beat the sentinel; a faulthandler capture if one fired."""
+        if not watches:
+            return None
+        threshold = min(w.config.threshold for w in watches)
+        cap: Capture | None = None
+        # One timer per process: an opt-out by any watch (faulthandler=False)
+        # leaves faulthandler entirely to the application.
+        if all(w.config.faulthandler for w in watches):
+            text = self.timer.take()
+            if text:
+                self.captures += 1
+                cap = Capture(text, now, silent)
+            self.timer.tick(now, threshold)
+        elif self.timer.active:
+            self.timer.close()
+        if not self._sentinel_tried:
+            wanted = [w for w in watches if w.config.sentinel and w.config.native]
+            if wanted:
+                self._sentinel_tried = True
+                cfg = wanted[0].config
+                self.sentinel.start(threshold, find_pyspy(cfg.pyspy_path), cfg.native_timeout)
+        if self.sentinel.proc is not None:
+            self.sentinel.beat(threshold)
+        return cap
+
+    def sentinel_native(self, since: float, w: LoopWatch) -> Native:
+        """The sentinel's native trace taken during the freeze that began at ``since``."""
+        cfg = w.config
+        sp = self.sentinel
+        if not cfg.sentinel:
+            why = "the sentinel is disabled (sentinel=False)"
+        elif sp.proc is None:
+            why = sp.error or "the sentinel is not running"
+        elif not sp.alive():
+            why = "the sentinel process died"
+        else:
+            raw = sp.take(since, wait=sp.limit + 2.0)
+            if raw is not None:
+                code = raw.get("code")
+                return native_from_output(
+                    code if isinstance(code, int) else None, str(raw.get("stdout") or ""),
+                    str(raw.get("stderr") or ""), sp.limit, "sentinel")
+            why = ("the sentinel took no trace during this freeze (it acts once the "
+                   f"watchdog was silent for the threshold, {cfg.threshold:g} s)")
+        return Native(False, error=f"no native trace from inside the GIL-held freeze: {why}",
+                      source="sentinel")
+
+    def close(self) -> None:
+        self.timer.close()
+        self.sentinel.close()
+
+
+def layers() -> GilLayers | None:
+    wd = _state.watchdog
+    return getattr(wd, "gil", None) if wd is not None else None
+
+
+def live_native(w: LoopWatch, pyspy: str | None) -> Native:
+    """py-spy run by the watchdog during a live freeze; the sentinel stands down meanwhile
+    and gets the PR_SET_PTRACER slot back afterwards."""
+    gl = layers()
+    sp = gl.sentinel if gl is not None and gl.sentinel.alive() else None
+    limit = w.config.native_timeout
+    if sp is not None:
+        sp.stand_down(limit + 3.0)
+    try:
+        return capture_native(os.getpid(), pyspy, limit, ptracer_after=sp.pid if sp else 0)
+    finally:
+        if sp is not None:
+            sp.stand_down(0.0)
+
+
+MAX_FAULTHANDLER_TEXT = 64_000
+
+
+def pin(snap: Snapshot, frames: tuple[Frame, ...], blocked_for: float,
+        cap: Capture | None) -> Snapshot:
+    """A live snapshot re-pinned on the loop thread's stack from the faulthandler capture.
+
+    Tasks, threads and in-flight units stay live (as of now, after the GIL came
+    back); faulthandler's raw text (every thread, during the freeze) is kept too.
+    """
+    extra = dict(snap.extra)
+    extra.update(gil_held=True, captured_by="faulthandler")
+    if cap is not None:
+        extra["faulthandler"] = cap.text[:MAX_FAULTHANDLER_TEXT]
+    return dataclasses.replace(
+        snap, loop_frames=frames, blocking_frame=frames[-1], app_frame=app_frame(frames),
+        blocked_for=blocked_for, extra=extra,
+    )
+
+
+def idle(frames: tuple[Frame, ...], idle_at: tuple[str, int] | None) -> bool:
+    """True if the captured loop stack sits in its selector (waiting, not frozen)."""
+    top = frames[-1]
+    if top.function == "select" and top.file.endswith("selectors.py"):
+        return True
+    return idle_at is not None and (top.file, top.line) == idle_at

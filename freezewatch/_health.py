@@ -1,0 +1,71 @@
+"""Liveness: is every watched loop answering? Read by /healthz and the systemd pings.
+
+``after_round`` runs on the watchdog thread once per round (after every loop
+was ticked): it keeps the watchdog-fed gauges current and feeds systemd's
+watchdog only while no loop is blocked past its ``liveness_limit``.
+``healthz`` runs on a metrics-server request thread; it only reads plain
+attributes of the handles (``blocked_for()``), so it answers while a loop is
+frozen and never waits for the watchdog thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from . import _state
+from ._events import FreezeEvent
+from ._sinks import metrics as _metrics
+from ._sinks.log import events
+
+if TYPE_CHECKING:
+    from ._loopwatch import LoopWatch
+
+sample_errors = 0
+
+
+def _frozen(w: LoopWatch) -> tuple[float, bool]:
+    blocked = w.blocked_for()
+    return blocked, blocked > w.config.liveness_limit
+
+
+def after_round(watches: Sequence[LoopWatch], now: float) -> None:
+    """Watchdog thread, once per round: sample gauges, feed systemd if healthy."""
+    global sample_errors
+    healthy = True
+    for w in watches:
+        healthy = healthy and not _frozen(w)[1]
+        try:
+            _metrics.sample(w, now)
+        except Exception as e:  # boundary: the metrics sink; liveness goes on
+            sample_errors += 1
+            if sample_errors == 1:
+                events.emit(FreezeEvent("metrics_error", w.name, 0.0,
+                                        reason=f"{type(e).__name__}: {e}"), (), "error")
+    notifier = _state.notifier
+    if notifier is not None:
+        notifier.maybe_ping(now, healthy)
+
+
+def healthz() -> tuple[bool, dict[str, Any]]:
+    """(healthy, JSON document) for /healthz."""
+    wd = _state.watchdog
+    watches = wd.watches if wd is not None else ()
+    loops: list[dict[str, Any]] = []
+    frozen: list[dict[str, Any]] = []
+    for w in watches:
+        if w.loop is None or w.closed:  # still waiting for its loop to start
+            continue
+        blocked, over = _frozen(w)
+        entry = {"loop": w.name, "blocked_seconds": round(blocked, 3),
+                 "liveness_limit": w.config.liveness_limit}
+        loops.append(entry)
+        if over:
+            frozen.append(entry)
+    if watches and (wd is None or not wd.is_alive()):
+        return False, {"status": "watchdog thread not running", "loops": loops}
+    if frozen:
+        names = ", ".join(f"{f['loop']} for {f['blocked_seconds']:g} s" for f in frozen)
+        return False, {"status": "frozen", "detail": f"loop frozen: {names}",
+                       "frozen": frozen, "loops": loops}
+    return True, {"status": "ok", "loops": loops}

@@ -1,0 +1,164 @@
+"""The list-users case, async variant: the loop is alive, the request never ends.
+
+A "users" service (a real aiohttp server on 127.0.0.1, in a thread of its
+own) answers GET /list-users with `HTTP/1.1 200 OK` and its headers, then
+withholds the body. The application's reconcile task awaits the body with
+an async aiohttp client while holding a lock, so nothing else reconciles.
+No thread is blocked and heartbeats flow: there is no freeze to see.
+
+freezewatch pins it anyway: the reconcile is a unit of work (`watch()`), the
+client session carries `freezewatch.aiohttp.trace_config()`, and past
+`stall_after` the watchdog writes a `stall` dump with the task's await chain
+and how far the outbound request got. This script prints what it pinned.
+Runs in about 10 s:  .venv/bin/python scripts/async_list_users_stall.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import threading
+import time
+
+import aiohttp
+from aiohttp import web
+
+import freezewatch
+import freezewatch.aiohttp
+
+HOLD_BODY = float(os.environ.get("DEMO_HOLD", "6"))  # seconds the server withholds the body
+STALL_AFTER = float(os.environ.get("DEMO_STALL_AFTER", "2"))
+DUMP_DIR = os.path.abspath(os.environ.get("FREEZEWATCH_DUMP_DIR", "freezewatch-dumps"))
+log = logging.getLogger("app")
+
+
+# --- the remote "users" service: headers at once, body after HOLD_BODY s ------
+async def list_users(request: web.Request) -> web.StreamResponse:
+    body = json.dumps([{"id": i, "name": f"user{i}"} for i in range(3)]).encode()
+    resp = web.StreamResponse(headers={"Content-Type": "application/json",
+                                       "Content-Length": str(len(body))})
+    await resp.prepare(request)  # status line + headers go out now
+    await asyncio.sleep(HOLD_BODY)  # ... and the body does not
+    await resp.write(body)
+    await resp.write_eof()
+    return resp
+
+
+def start_users_service() -> int:
+    ready: list[int] = []
+    started = threading.Event()
+
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_get("/list-users", list_users)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        ready.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        started.set()
+        await asyncio.Event().wait()
+
+    threading.Thread(target=asyncio.run, args=(serve(),), name="users-service",
+                     daemon=True).start()
+    started.wait(10)
+    return ready[0]
+
+
+# --- the application ------------------------------------------------------
+reconcile_lock = asyncio.Lock()
+
+
+async def list_vless_users(session: aiohttp.ClientSession, port: int) -> list[dict[str, object]]:
+    async with session.get(f"http://127.0.0.1:{port}/list-users") as resp:
+        log.info('HTTP Request: GET http://127.0.0.1:%d/list-users "HTTP/1.1 %d %s"',
+                 port, resp.status, resp.reason)
+        users: list[dict[str, object]] = await resp.json()  # <- the body never comes
+        return users
+
+
+async def reconcile(session: aiohttp.ClientSession, port: int) -> None:
+    async with reconcile_lock, freezewatch.watch("reconcile", stall_after=STALL_AFTER):
+        users = await list_vless_users(session, port)
+        log.info("reconciled %d users", len(users))
+
+
+async def poll_updates() -> None:
+    """Stands for the rest of the service: it keeps running (the loop is alive)."""
+    while True:
+        await asyncio.sleep(0.25)
+
+
+async def main(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    stalled, ended = asyncio.Event(), asyncio.Event()
+
+    def on_event(ev: freezewatch.FreezeEvent) -> None:  # runs on freezewatch's event thread
+        if ev.event == "stall_detected":
+            loop.call_soon_threadsafe(stalled.set)
+        elif ev.event == "stall_ended":
+            loop.call_soon_threadsafe(ended.set)
+
+    freezewatch.install(threshold=1, dump_dir=DUMP_DIR, on_freeze=on_event)
+    pollers = [asyncio.create_task(poll_updates(), name=f"poll-{i}") for i in range(3)]
+    async with aiohttp.ClientSession(
+            trace_configs=[freezewatch.aiohttp.trace_config()]) as session:
+        first = asyncio.create_task(reconcile(session, port), name="reconcile")
+        await asyncio.sleep(0.2)
+        second = asyncio.create_task(reconcile(session, port), name="reconcile-next")
+        await asyncio.wait_for(stalled.wait(), 20)
+        await asyncio.wait_for(asyncio.gather(first, second), HOLD_BODY * 3)
+        await asyncio.wait_for(ended.wait(), 10)
+    for t in pollers:
+        t.cancel()
+
+
+def report(started: float) -> int:
+    dumps = sorted(
+        (os.path.join(DUMP_DIR, n) for n in os.listdir(DUMP_DIR)
+         if n.startswith("stall-") and n.endswith(".json")),
+        key=os.path.getmtime,
+    )
+    dumps = [d for d in dumps if os.path.getmtime(d) >= started]
+    if not dumps:
+        print("demo: no stall dump was written - that is a bug", file=sys.stderr)
+        return 1
+    path = dumps[0]
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    bf, af = doc["blocking_frame"], doc["app_frame"]
+    print()
+    print("=" * 78)
+    print(f"stall dump written while the loop stayed alive: {path}")
+    print(f"  unit       : {doc['stalled']['name']} open {doc['blocked_for']:.2f} s "
+          f"(stall_after {doc['threshold']:g} s), task {doc['stalled']['task']}")
+    print(f"  waits at   : {bf['file']}:{bf['line']} in {bf['function']}   {bf['code']}")
+    if af:
+        print(f"  app line   : {af['file']}:{af['line']} in {af['function']}   {af['code']}")
+    for u in doc["inflight"]:
+        if u["kind"] == "client":
+            print(f"  outbound   : {u['detail']}")
+    for g in doc["tasks"]:
+        if g.get("waiting") is not None and g["await_chain"]:
+            top = g["await_chain"][-1]
+            print(f"  tasks      : {g['count']}x {', '.join(g['names'])} waiting \u2265 "
+                  f"{g['waiting']:.1f} s in {top['function']} ({top['code']})")
+    print(f"  read it    : less {path[:-5]}.txt")
+    print("=" * 78)
+    print("first lines of the .txt report:\n")
+    with open(path[:-5] + ".txt", encoding="utf-8") as f:
+        for _, line in zip(range(14), f, strict=False):
+            print("  " + line.rstrip())
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        stream=sys.stdout)
+    t0 = time.time()
+    port = start_users_service()
+    asyncio.run(main(port))
+    sys.exit(report(t0))

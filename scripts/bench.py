@@ -1,0 +1,582 @@
+"""freezewatch benchmark (``make bench``; ``make bench BENCH_ARGS=--quick``).
+
+Prints, for this machine, the figures the core issue sets targets for, each
+measured side by side in one run with interleaved rounds and medians:
+
+1. overhead  (a) CPU time per request of a real aiohttp hello-world server
+             with freezewatch.install() at defaults vs a plain one, both
+             pinned to the same core at the same moment, each loaded by its
+             own load-generator process; a plain-vs-plain control pair runs
+             in the same window and shows the method's own noise.
+             (b) 100 tasks x ``await asyncio.sleep(0)``, 1,000,000 in total:
+             CPU time with vs without, same method (three processes on one core).
+2. idle cost  CPU ms per second of an idle watched server minus a plain one,
+             from /proc/<pid>/task/*/schedstat over the same 10 s.
+3. detection latency  30 injected freezes of 1.5 x threshold (0.5 s), native
+             off: block start -> dump .json exists (polled every 1 ms from
+             this process), minus the threshold.
+4. capture cost  1,000 / 10,000 / 100,000 tasks awaiting in six coroutine
+             shapes: detected_at -> dump .json exists (capture + render +
+             write), and file sizes.
+5. watch() cost  ns per ``async with freezewatch.watch("x")`` vs a trivial
+             async context manager, on a watched loop.
+
+CPU time is read from /proc/<pid>/task/*/schedstat summed over the threads
+(the watchdog and events threads included: /proc/<pid>/schedstat alone is the
+main thread only). All measured processes are children of this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import mmap
+import os
+import queue
+import random
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from _bench_proc import delta, tree_cpu
+
+PY = sys.executable
+HERE = Path(__file__).resolve().parent
+WORKER = str(HERE / "_bench_worker.py")
+LOAD = str(HERE / "_bench_load.py")
+THRESHOLD = 0.5  # detection-latency and capture runs
+INTERVAL = 0.1  # freezewatch's default; the latency target is interval + 50 ms
+
+
+# -- measuring tools ---------------------------------------------------------
+def pct(x: float) -> str:
+    return f"{x * 100:+.2f} %"
+
+
+def quantile(xs: list[float], q: float) -> float:
+    """Nearest-rank quantile (p99 of 30 samples is the maximum)."""
+    s = sorted(xs)
+    return s[max(0, min(len(s) - 1, math.ceil(q * len(s)) - 1))]
+
+
+class Child:
+    """A worker process speaking the ``@@`` line protocol on stdout."""
+
+    def __init__(self, args: list[str], log: IO[bytes]) -> None:
+        self.proc = subprocess.Popen(
+            [PY, WORKER, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=log, text=True, bufsize=1,
+        )
+        self.pid = self.proc.pid
+        self._lines: queue.Queue[list[str] | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("@@ "):
+                self._lines.put(line[3:].split())
+        self._lines.put(None)
+
+    def expect(self, word: str, timeout: float = 30.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                parts = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise RuntimeError(f"worker {self.pid}: no {word!r} within {timeout} s") from None
+            if parts is None:
+                raise RuntimeError(f"worker {self.pid} exited (rc={self.proc.wait()}) "
+                                   f"before {word!r}; see the log")
+            if parts[0] == word:
+                return parts
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for s in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(Exception):
+                s.close()  # type: ignore[union-attr]
+
+
+class DumpPoller(threading.Thread):
+    """Notes when each dump .json first exists, polling the directory every 1 ms.
+
+    A separate process from the watched app, so the polling never competes
+    for the app's GIL. Dumps are renamed into place, so existing = complete.
+    """
+
+    def __init__(self, directory: str, every: float = 0.001) -> None:
+        super().__init__(daemon=True)
+        self.directory = directory
+        self.every = every
+        self.seen: dict[str, tuple[float, float]] = {}  # name -> (monotonic, wall)
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                names = os.listdir(self.directory)
+            except OSError:
+                names = []
+            for name in names:
+                if name.endswith(".json") and not name.startswith(".") and name not in self.seen:
+                    self.seen[name] = (time.monotonic(), time.time())
+            time.sleep(self.every)
+
+    def halt(self) -> None:
+        self._halt.set()
+        self.join(2)
+
+    def wait_new(self, known: set[str], timeout: float) -> str | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            new = [n for n in list(self.seen) if n not in known]
+            if new:
+                return min(new, key=lambda n: self.seen[n][0])
+            time.sleep(0.001)
+        return None
+
+
+def _sample(order: list[str], servers: dict[str, Child],
+            counters: dict[str, mmap.mmap]) -> dict[str, tuple[dict[int, tuple[int, int]], int]]:
+    """(server tree CPU, responses so far) per server, each pair read back to back."""
+    return {role: (tree_cpu(servers[role].pid), struct.unpack_from("<q", counters[role], 0)[0])
+            for role in order}
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return " ".join(x.decode(errors="replace") for x in f.read().split(b"\0")[:4])[:80]
+    except OSError:
+        return "?"
+
+
+@dataclass
+class Row:
+    figure: str
+    value: str
+    target: str
+    met: bool | None  # None: not measured / inconclusive
+
+
+class Bench:
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.a = a
+        self.tmp = tempfile.mkdtemp(prefix="freezewatch-bench-")
+        self.log = open(os.path.join(self.tmp, "workers.log"), "ab")  # noqa: SIM115
+        self.rows: list[Row] = []
+        cpus = sorted(os.sched_getaffinity(0))
+        # Servers (and micro processes) share one core, load generators get
+        # the other: the compared processes see the same core at the same time.
+        self.server_cpu: int | None = cpus[0] if len(cpus) >= 2 else None
+        self.load_cpu: int | None = cpus[1] if len(cpus) >= 2 else None
+        if a.load_cpu == "same":
+            self.load_cpu = self.server_cpu
+        elif a.load_cpu == "any":
+            self.load_cpu = None
+
+    def dump_dir(self, name: str) -> str:
+        d = os.path.join(self.tmp, name)
+        os.makedirs(d, exist_ok=True)
+        return d
+
+    def cpu_args(self, cpu: int | None) -> list[str]:
+        return ["--cpu", str(cpu)] if cpu is not None else []
+
+    @contextlib.contextmanager
+    def children(self) -> Iterator[list[Child]]:
+        kids: list[Child] = []
+        try:
+            yield kids
+        finally:
+            for k in kids:
+                k.stop()
+
+    # -- 1a ------------------------------------------------------------------
+    def overhead_server(self) -> None:
+        a = self.a
+        print(f"\n## 1a. aiohttp hello world: CPU per request, watched vs plain "
+              f"({a.rounds} rounds x {a.window:g} s, {a.conns} keep-alive conns each)")
+        pin = (f"servers pinned to CPU {self.server_cpu}, load generators "
+               + (f"to CPU {self.load_cpu}" if self.load_cpu is not None else "unpinned")
+               if self.server_cpu is not None else "no pinning (a single CPU available)")
+        print(f"   3 servers (plain A, watched W, plain B) side by side, {pin}; "
+              f"fresh processes each round, start order shuffled")
+        roles = ["A", "W", "B"]
+        watched_ratio: list[float] = []
+        control_ratio: list[float] = []
+        rng = random.Random(7)
+        for r in range(a.rounds):
+            order = roles[:]
+            rng.shuffle(order)
+            with self.children() as kids:
+                servers: dict[str, Child] = {}
+                for role in order:
+                    extra = (["--watch", "--dump-dir", self.dump_dir("overhead")]
+                             if role == "W" else [])
+                    servers[role] = Child(["server", *self.cpu_args(self.server_cpu), *extra],
+                                          self.log)
+                    kids.append(servers[role])
+                ports = {role: int(servers[role].expect("port")[1]) for role in order}
+                counters: dict[str, mmap.mmap] = {}
+                loaders: list[subprocess.Popen[bytes]] = []
+                try:
+                    for role in order:
+                        path = os.path.join(self.tmp, f"count-{r}-{role}")
+                        with open(path, "wb") as fw:
+                            fw.write(b"\0" * 8)
+                        with open(path, "r+b") as fr:
+                            counters[role] = mmap.mmap(fr.fileno(), 8)
+                        loaders.append(subprocess.Popen(
+                            [PY, LOAD, "--port", str(ports[role]), "--conns", str(a.conns),
+                             "--counter", path, *self.cpu_args(self.load_cpu)],
+                            stdout=subprocess.DEVNULL, stderr=self.log))
+                    time.sleep(a.warmup)
+                    s0 = _sample(order, servers, counters)
+                    time.sleep(a.window)
+                    s1 = _sample(order, servers, counters)
+                finally:
+                    for p in loaders:
+                        p.terminate()
+                        p.wait()
+                    for m in counters.values():
+                        m.close()
+            per: dict[str, float] = {}
+            reqs: dict[str, int] = {}
+            for role in roles:
+                reqs[role] = s1[role][1] - s0[role][1]
+                if reqs[role] <= 0:
+                    raise RuntimeError(f"round {r}: server {role} served no requests")
+                per[role] = delta(s0[role][0], s1[role][0])[0] / reqs[role]
+            watched_ratio.append(per["W"] / per["A"])
+            control_ratio.append(per["B"] / per["A"])
+            print(f"   round {r + 1}: us/request A {per['A'] / 1e3:6.1f}  W {per['W'] / 1e3:6.1f}"
+                  f"  B {per['B'] / 1e3:6.1f}   requests A {reqs['A']} W {reqs['W']} "
+                  f"B {reqs['B']}   W/A {pct(watched_ratio[-1] - 1)}  B/A "
+                  f"{pct(control_ratio[-1] - 1)}")
+        w = statistics.median(watched_ratio) - 1
+        c = statistics.median(control_ratio) - 1
+        cspread = max(abs(x - 1) for x in control_ratio)
+        print(f"   median W/A {pct(w)} (rounds {pct(min(watched_ratio) - 1)} .. "
+              f"{pct(max(watched_ratio) - 1)});  control B/A {pct(c)} (rounds "
+              f"{pct(min(control_ratio) - 1)} .. {pct(max(control_ratio) - 1)})")
+        self.rows.append(Row("overhead, aiohttp CPU/request (W vs plain)",
+                             f"{pct(w)} (control {pct(c)}, max |round| {cspread * 100:.1f} %)",
+                             "<= +1 %", w <= 0.01))
+
+    # -- 1b ------------------------------------------------------------------
+    def overhead_micro(self) -> None:
+        a = self.a
+        total = a.micro_total
+        print(f"\n## 1b. pure loop: 100 tasks x await asyncio.sleep(0), {total:,} in total "
+              f"({a.micro_rounds} rounds)")
+        where = (f"pinned to CPU {self.server_cpu}" if self.server_cpu is not None
+                 else "unpinned")
+        print(f"   3 processes per round (plain A, watched W, plain B) started together, {where}; "
+              f"CPU time of the run (process_time, all threads)")
+        wr: list[float] = []
+        cr: list[float] = []
+        rng = random.Random(11)
+        for r in range(a.micro_rounds):
+            order = ["A", "W", "B"]
+            rng.shuffle(order)
+            with self.children() as kids:
+                procs: dict[str, Child] = {}
+                for role in order:
+                    extra = (["--watch", "--dump-dir", self.dump_dir("micro")]
+                             if role == "W" else [])
+                    procs[role] = Child(["micro", "--total", str(total),
+                                         *self.cpu_args(self.server_cpu), *extra], self.log)
+                    kids.append(procs[role])
+                time.sleep(1.0)  # imports done in all three
+                for role in order:
+                    procs[role].send("go")
+                res = {role: json.loads(" ".join(procs[role].expect("result", 120)[1:]))
+                       for role in order}
+            cpu = {role: float(res[role]["cpu"]) for role in order}
+            wr.append(cpu["W"] / cpu["A"])
+            cr.append(cpu["B"] / cpu["A"])
+            print(f"   round {r + 1}: CPU s  A {cpu['A']:.3f}  W {cpu['W']:.3f}  "
+                  f"B {cpu['B']:.3f}   W/A {pct(wr[-1] - 1)}  B/A {pct(cr[-1] - 1)}")
+        w = statistics.median(wr) - 1
+        c = statistics.median(cr) - 1
+        print(f"   median W/A {pct(w)};  control B/A {pct(c)}")
+        self.rows.append(Row("overhead, sleep(0) loop CPU (W vs plain)",
+                             f"{pct(w)} (control {pct(c)})", "<= +1 %", w <= 0.01))
+
+    # -- 2 -------------------------------------------------------------------
+    def idle(self) -> None:
+        a = self.a
+        print(f"\n## 2. idle aiohttp server: CPU per second, watched vs plain, same {a.idle:g} s "
+              f"(unpinned)")
+        with self.children() as kids:
+            plain = Child(["server"], self.log)
+            watched = Child(["server", "--watch", "--dump-dir", self.dump_dir("idle")], self.log)
+            kids += [plain, watched]
+            plain.expect("port")
+            watched.expect("port")
+            time.sleep(2.0)  # start-up settled
+            t0 = time.monotonic()
+            p0, w0 = tree_cpu(plain.pid), tree_cpu(watched.pid)
+            time.sleep(a.idle)
+            p1, w1 = tree_cpu(plain.pid), tree_cpu(watched.pid)
+            dt = time.monotonic() - t0
+            names = {pid: _comm(pid) for pid in w1}
+        pr, ps = (x / dt for x in delta(p0, p1))
+        wr, ws = (x / dt for x in delta(w0, w1))
+        pm, wm = pr / 1e6, wr / 1e6
+        print(f"   plain {pm:.3f} ms/s ({ps:.1f} wake-ups/s)   watched {wm:.3f} ms/s "
+              f"({ws:.1f} wake-ups/s)   difference {wm - pm:.3f} ms/s")
+        for pid in sorted(set(w1) | set(w0)):
+            r, n = delta({pid: w0.get(pid, (0, 0))}, {pid: w1.get(pid, (0, 0))})
+            what = "the server process" if pid == watched.pid else "a child process"
+            print(f"     watched tree: pid {pid} ({what}: {names.get(pid, '?')}): "
+                  f"{r / 1e6 / dt:.3f} ms/s, {n / dt:.1f} wake-ups/s")
+        self.rows.append(Row("idle cost (watched - plain)", f"{wm - pm:.3f} ms/s "
+                             f"({ws - ps:.1f} extra wake-ups/s)", "<= 1 ms/s", wm - pm <= 1.0))
+
+    # -- 3 -------------------------------------------------------------------
+    def latency(self, native: bool, n: int) -> None:
+        label = "native ON (py-spy runs after the first write)" if native else "native=False"
+        print(f"\n## 3. detection latency: {n} freezes of {1.5 * THRESHOLD:g} s, threshold "
+              f"{THRESHOLD:g} s, interval {INTERVAL:g} s, {label}")
+        d = self.dump_dir("latency-native" if native else "latency")
+        poller = DumpPoller(d)
+        poller.start()
+        blocks: list[tuple[float, float]] = []
+        with self.children() as kids:
+            # With py-spy the watchdog is busy for a while after each dump: longer gaps.
+            gap = 1.5 if native else 0.3
+            app = Child(["freezes", "--n", str(n), "--threshold", str(THRESHOLD),
+                         "--block", str(1.5 * THRESHOLD), "--gap", str(gap), "--dump-dir", d,
+                         *(["--native"] if native else [])], self.log)
+            kids.append(app)
+            while True:
+                parts = app.expect("block" if len(blocks) < n else "done", 60)
+                if parts[0] == "done":
+                    break
+                blocks.append((float(parts[2]), float(parts[3])))
+        time.sleep(0.05)
+        poller.halt()
+        dumps = sorted(poller.seen.items(), key=lambda kv: kv[1][0])
+        lat: list[float] = []
+        detect: list[float] = []
+        write: list[float] = []
+        missed = 0
+        for i, (t_mono, t_wall) in enumerate(blocks):
+            end = blocks[i + 1][0] if i + 1 < len(blocks) else math.inf
+            hit = next(((nm, s) for nm, s in dumps if t_mono <= s[0] < end), None)
+            if hit is None:
+                missed += 1
+                continue
+            name, (seen_mono, seen_wall) = hit
+            lat.append(seen_mono - t_mono - THRESHOLD)
+            with contextlib.suppress(Exception):
+                doc = json.loads(Path(d, name).read_text())
+                detect.append(float(doc["detected_at"]) - t_wall - THRESHOLD)
+                write.append(seen_wall - float(doc["detected_at"]))
+        if not lat:
+            raise RuntimeError("no dump seen for any injected freeze")
+        ms = [x * 1e3 for x in lat]
+        p50, p99, mx = statistics.median(ms), quantile(ms, 0.99), max(ms)
+        print(f"   block start -> .json exists, minus threshold (ms): p50 {p50:.1f}  "
+              f"p99 {p99:.1f}  max {mx:.1f}  min {min(ms):.1f}   missed {missed}/{len(blocks)}")
+        if detect and write:
+            print(f"   of which: detection (detected_at - start - threshold) p50 "
+                  f"{statistics.median(detect) * 1e3:.1f} ms, max {max(detect) * 1e3:.1f} ms; "
+                  f"capture + write p50 {statistics.median(write) * 1e3:.1f} ms, "
+                  f"max {max(write) * 1e3:.1f} ms")
+        target = (INTERVAL + 0.05) * 1e3
+        self.rows.append(Row(f"detection latency p99 ({label.split(' (')[0]})",
+                             f"{p99:.0f} ms (p50 {p50:.0f}, max {mx:.0f}; missed {missed})",
+                             f"<= {target:.0f} ms", p99 <= target and missed == 0))
+
+    # -- 4 -------------------------------------------------------------------
+    def capture(self) -> None:
+        a = self.a
+        sizes = a.capture_sizes
+        print(f"\n## 4. capture cost: tasks awaiting in 6 coroutine shapes, native=False, "
+              f"{a.capture_reps} freeze(s) per size")
+        print("   capture = detected_at -> .json exists (snapshot + render + write both files);"
+              " e2e = block start -> .json exists, minus threshold")
+        d = self.dump_dir("capture")
+        poller = DumpPoller(d)
+        poller.start()
+        results: dict[int, list[tuple[float, float, int, int, int, int]]] = {s: [] for s in sizes}
+        with self.children() as kids:
+            app = Child(["capture", "--sizes", ",".join(map(str, sizes)), "--reps",
+                         str(a.capture_reps), "--threshold", str(THRESHOLD), "--dump-dir", d],
+                        self.log)
+            kids.append(app)
+            for size in sizes:
+                for _ in range(a.capture_reps):
+                    known = set(poller.seen)
+                    app.send("next")
+                    parts = app.expect("block", 120)
+                    t_mono = float(parts[2])
+                    name = poller.wait_new(known, 60)
+                    app.send("go")  # end the freeze
+                    app.expect("released", 30)
+                    if name is None:
+                        raise RuntimeError(f"no dump within 60 s at {size} tasks")
+                    seen_mono, seen_wall = poller.seen[name]
+                    path = Path(d, name)
+                    doc = json.loads(path.read_text())
+                    jsize = path.stat().st_size
+                    tsize = path.with_suffix(".txt").stat().st_size
+                    results[size].append((seen_wall - float(doc["detected_at"]),
+                                          seen_mono - t_mono - THRESHOLD, jsize, tsize,
+                                          int(doc.get("task_count") or sum(
+                                              int(g.get("count", 1)) for g in doc["tasks"])),
+                                          len(doc["tasks"])))
+                    self._wait_duration(path)  # the freeze's end rewrite is done
+            app.expect("done", 30)
+        poller.halt()
+        for size in sizes:
+            rs = results[size]
+            cap = statistics.median(r[0] for r in rs)
+            e2e = statistics.median(r[1] for r in rs)
+            jsz = max(r[2] for r in rs)
+            tsz = max(r[3] for r in rs)
+            print(f"   {size:>7,} tasks: capture {cap:.3f} s (runs: "
+                  f"{', '.join(f'{r[0]:.3f}' for r in rs)})  e2e {e2e:.3f} s   .json "
+                  f"{jsz / 1e3:.1f} kB  .txt {tsz / 1e3:.1f} kB   tasks in dump "
+                  f"{rs[0][4]:,} in {rs[0][5]} groups")
+            limit = {10_000: 0.25, 100_000: 3.0}.get(size)
+            self.rows.append(Row(
+                f"capture + write, {size:,} tasks", f"{cap:.3f} s",
+                f"<= {limit:g} s" if limit else "(no target)",
+                (cap <= limit) if limit else None))
+            self.rows.append(Row(f"dump size, {size:,} tasks",
+                                 f"{jsz / 1e3:.0f} kB json, {tsz / 1e3:.0f} kB txt",
+                                 "<= 1 MB each", max(jsz, tsz) <= 1_000_000))
+
+    @staticmethod
+    def _wait_duration(path: Path, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                if "duration" in json.loads(path.read_text()):
+                    return
+            time.sleep(0.05)
+
+    # -- 5 -------------------------------------------------------------------
+    def watch_cost(self) -> None:
+        a = self.a
+        print(f"\n## 5. watch() cost: `async with freezewatch.watch('x')` vs an empty "
+              f"`async with` of a trivial class, {a.watch_n:,} per round, {a.watch_rounds} "
+              f"interleaved rounds, on a watched loop")
+        with self.children() as kids:
+            app = Child(["watchcost", "--n", str(a.watch_n), "--rounds", str(a.watch_rounds),
+                         "--dump-dir", self.dump_dir("watchcost"),
+                         *self.cpu_args(self.server_cpu)], self.log)
+            kids.append(app)
+            res = json.loads(" ".join(app.expect("result", 120)[1:]))
+        diff = statistics.median(res["diff"])
+        print(f"   ns/call: watch() {res['median_watch']:.0f}, trivial CM {res['median_null']:.0f}"
+              f", difference (median of rounds) {diff:.0f}")
+        self.rows.append(Row("watch() enter+exit, extra over empty async with",
+                             f"{diff:.0f} ns ({res['median_watch']:.0f} vs "
+                             f"{res['median_null']:.0f})", "a few us (issue 5)", diff <= 5000))
+
+    # -- all -----------------------------------------------------------------
+    def run(self) -> int:
+        a = self.a
+        phases: list[tuple[str, Callable[[], None]]] = [
+            ("server", self.overhead_server),
+            ("micro", self.overhead_micro),
+            ("idle", self.idle),
+            ("latency", lambda: self.latency(False, a.freezes)),
+            ("capture", self.capture),
+            ("watch", self.watch_cost),
+        ]
+        if a.native:
+            phases.insert(4, ("latency-native", lambda: self.latency(True, a.native_freezes)))
+        started = time.monotonic()
+        load1 = os.getloadavg()[0]
+        print(f"freezewatch bench: Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
+              f"load average {load1:.2f} at start; temp dir {self.tmp}")
+        for name, fn in phases:
+            if a.only and name not in a.only:
+                continue
+            try:
+                fn()
+            except Exception as e:  # one phase failing must not hide the others' figures
+                print(f"   !! {name} failed: {type(e).__name__}: {e}  (log: {self.log.name})")
+                self.rows.append(Row(name, f"FAILED: {e}", "", None))
+        took = time.monotonic() - started
+        self.summary(took, load1)
+        self.log.close()
+        if not a.keep:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        return 0
+
+    def summary(self, took: float, load1: float) -> None:
+        print(f"\n## Summary ({took:.0f} s; load average {load1:.2f} at start, "
+              f"{os.getloadavg()[0]:.2f} at end — other work on this machine adds noise)")
+        w1 = max(len(r.figure) for r in self.rows)
+        w2 = max(len(r.value) for r in self.rows)
+        w3 = max(len(r.target) for r in self.rows)
+        print(f"{'figure':<{w1}}  {'value':<{w2}}  {'target':<{w3}}  verdict")
+        for r in self.rows:
+            verdict = "met" if r.met else ("NOT MET" if r.met is False else "-")
+            print(f"{r.figure:<{w1}}  {r.value:<{w2}}  {r.target:<{w3}}  {verdict}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    ap.add_argument("--quick", action="store_true", help="fewer rounds (about half the time)")
+    ap.add_argument("--only", type=lambda s: s.split(","), default=None,
+                    help="comma list of: server,micro,idle,latency,latency-native,capture,watch")
+    ap.add_argument("--native", action="store_true",
+                    help="also measure detection latency with native (py-spy) on")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (dumps, worker log)")
+    ap.add_argument("--rounds", type=int, default=None, help="overhead rounds (default 8)")
+    ap.add_argument("--window", type=float, default=None, help="seconds measured per round")
+    ap.add_argument("--conns", type=int, default=None, help="connections per load generator")
+    ap.add_argument("--load-cpu", default="other", choices=["other", "same", "any"],
+                    help="load generators on the other CPU than the servers (default), the same, "
+                         "or unpinned")
+    a = ap.parse_args(argv)
+    q = a.quick
+    a.rounds = a.rounds or (4 if q else 8)
+    a.window = a.window or (3.0 if q else 4.0)
+    a.warmup = 1.0
+    a.conns = a.conns or 4
+    a.micro_total = 1_000_000
+    a.micro_rounds = 3 if q else 5
+    a.idle = 10.0
+    a.freezes = 15 if q else 30
+    a.native_freezes = 10
+    a.capture_sizes = [1000, 10_000, 100_000]
+    a.capture_reps = 1 if q else 3
+    a.watch_n = 50_000 if q else 100_000
+    a.watch_rounds = 5 if q else 9
+    return Bench(a).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
