@@ -25,13 +25,12 @@ def start() -> None:
     if _started or threading.current_thread() is not threading.main_thread():
         return
     _started = True
-    if _install():
-        # A forked child (gunicorn workers, multiprocessing "fork") has no
-        # watchdog thread: freezewatch closes the parent's handles there.
-        # Registered after freezewatch's own fork handler, so it runs after
-        # that reset and watches the child's first loop afresh.
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_install)
+    # A forked child (gunicorn workers, multiprocessing "fork") has no
+    # watchdog thread: freezewatch closes the parent's handles there.
+    # Registered after freezewatch's own fork handler, so it runs after
+    # that reset and watches the child's first loop afresh.
+    if _install() and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_install)
 
 
 def _install() -> bool:

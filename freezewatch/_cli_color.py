@@ -17,7 +17,8 @@ RED = "\033[31m"
 YELLOW = "\033[33m"
 CYAN = "\033[36m"
 
-_SECTION = re.compile(r"^(Loop thread stack|Await chain|Tasks:|Thread |Native stacks|Capture errors)")
+_SECTION = re.compile(
+    r"^(Loop thread stack|Await chain|Tasks:|Thread |Native stacks|Capture errors)")
 
 
 def want_color(choice: str | None, stream: IO[str]) -> bool:

@@ -20,6 +20,7 @@ import calendar
 import dataclasses
 import datetime
 import json
+import math
 import os
 import re
 import time
@@ -101,10 +102,30 @@ class Group:
 
 
 @dataclasses.dataclass
-class _Freeze:
+class _Dump:
+    """What the report needs of one dump; the document itself is not kept."""
+
     path: str
-    doc: dict[str, Any]
+    kind: str
+    detected_at: float
+    blocked_for: float
+    duration: float | None
+    frame: tuple[str, int, str]
+    code: str | None
+    app: str | None
+    first_dump: str | None
     longest_update: float = 0.0
+
+    @classmethod
+    def of(cls, path: str, doc: dict[str, Any]) -> _Dump:
+        bf = doc["blocking_frame"]
+        code = bf.get("code")
+        first = doc.get("first_dump")
+        return cls(path, doc["kind"], float(doc["detected_at"]), float(doc["blocked_for"]),
+                   _number(doc, "duration"),
+                   (str(bf.get("file")), bf["line"], str(bf.get("function"))),
+                   code if isinstance(code, str) else None, _frame_where(doc.get("app_frame")),
+                   first if isinstance(first, str) else None)
 
 
 @dataclasses.dataclass
@@ -172,10 +193,13 @@ class Result:
 
 
 def _iso(ts: float | None) -> str | None:
-    if ts is None or ts in (float("inf"), float("-inf")):
+    if ts is None:
         return None
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime(
-        "%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):  # inf, nan, year 10000
+        return None
 
 
 def _when(ts: float | None) -> str:
@@ -186,7 +210,7 @@ def _when(ts: float | None) -> str:
 def _dur(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.2f}s"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)
@@ -195,7 +219,9 @@ def _dur(seconds: float) -> str:
 
 def _number(doc: dict[str, Any], key: str) -> float | None:
     v = doc.get(key)
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v)
 
 
 def _frame_where(f: Any) -> str | None:
@@ -232,9 +258,9 @@ def scan(directory: str, since: float | None, warn: Callable[[str], None]) -> Re
         raise CliError(f"no freezewatch dumps (freeze-*.json, stall-*.json) in {directory}")
     result = Result(directory, since, files=len(names))
     cutoff = None if since is None else since - 1.0  # names carry whole seconds
-    freezes: dict[str, _Freeze] = {}
-    updates: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    stalls: list[tuple[str, dict[str, Any]]] = []
+    freezes: dict[str, _Dump] = {}
+    updates: dict[str, list[_Dump]] = {}
+    stalls: list[_Dump] = []
     for name in sorted(names):
         if cutoff is not None:
             stamp = NAME.match(name).group(2)  # type: ignore[union-attr]
@@ -255,48 +281,40 @@ def scan(directory: str, since: float | None, warn: Callable[[str], None]) -> Re
             warn(f"skipped {path}: {why}")
             continue
         result.read += 1
-        if since is not None and doc["detected_at"] < since:
+        dump = _Dump.of(path, doc)
+        del doc  # only the few fields above are kept: memory stays flat on big directories
+        if since is not None and dump.detected_at < since:
             continue
-        kind = doc["kind"]
-        if kind == "freeze":
-            freezes[name] = _Freeze(path, doc)
-        elif kind == "stall":
-            stalls.append((path, doc))
+        if dump.kind == "freeze":
+            freezes[name] = dump
+        elif dump.kind == "stall":
+            stalls.append(dump)
         else:
-            first = doc.get("first_dump")
-            updates.setdefault(first if isinstance(first, str) else name, []).append((path, doc))
+            updates.setdefault(dump.first_dump or name, []).append(dump)
     by_key: dict[tuple[str, str, int, str], Group] = {}
 
-    def add(kind: str, path: str, doc: dict[str, Any], seconds: float, at: float,
-            unfinished: bool) -> None:
-        bf = doc["blocking_frame"]
-        key = (kind, str(bf.get("file")), bf["line"], str(bf.get("function")))
+    def add(kind: str, d: _Dump, seconds: float, unfinished: bool) -> None:
+        key = (kind, *d.frame)
         g = by_key.get(key)
         if g is None:
-            code = bf.get("code")
-            g = by_key[key] = Group(kind, key[1], key[2], key[3],
-                                    code if isinstance(code, str) else None)
-        g.add(seconds, at, path, unfinished, _frame_where(doc.get("app_frame")))
+            g = by_key[key] = Group(kind, *d.frame, code=d.code)
+        g.add(seconds, d.detected_at, d.path, unfinished, d.app)
 
     for first, chain in updates.items():
-        longest = max(_number(d, "blocked_for") or 0.0 for _, d in chain)
+        longest = max(d.blocked_for for d in chain)
         if first in freezes:
             fr = freezes[first]
             fr.longest_update = max(fr.longest_update, longest)
         else:
             # Its first dump is gone (retention, --since): the chain is the freeze.
-            path, doc = min(chain, key=lambda pd: pd[1]["detected_at"])
-            add("freeze", path, doc, longest, doc["detected_at"], True)
+            add("freeze", min(chain, key=lambda d: d.detected_at), longest, True)
     for fr in freezes.values():
-        duration = _number(fr.doc, "duration")
-        if duration is not None:
-            add("freeze", fr.path, fr.doc, duration, fr.doc["detected_at"], False)
+        if fr.duration is not None:
+            add("freeze", fr, fr.duration, False)
         else:
-            seconds = max(fr.doc["blocked_for"], fr.longest_update)
-            add("freeze", fr.path, fr.doc, seconds, fr.doc["detected_at"], True)
-    for path, doc in stalls:
-        seconds = _number(doc, "duration") or doc["blocked_for"]
-        add("stall", path, doc, seconds, doc["detected_at"], False)
+            add("freeze", fr, max(fr.blocked_for, fr.longest_update), True)
+    for st in stalls:
+        add("stall", st, st.duration if st.duration is not None else st.blocked_for, False)
     result.groups = sorted(by_key.values(), key=lambda g: (-g.total, -g.count, g.where))
     if not result.read and result.skipped:
         raise CliError(f"no readable dumps in {directory} ({len(result.skipped)} skipped)")

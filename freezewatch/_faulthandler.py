@@ -109,6 +109,7 @@ class Timer:
         global _on_conflict
         self._file: IO[bytes] | None = None
         self._armed_at = -1e9
+        self._retry_at = 0.0
         self.rearms = 0
         self.error: str | None = None
         _on_conflict = on_conflict
@@ -133,13 +134,16 @@ class Timer:
             return  # armed in the parent before a fork we did not see: do not touch
         if _armed_pid == pid and now - self._armed_at < threshold / 2:
             return
+        if self._file is None and now < self._retry_at:
+            return
         if self._file is None:
             try:
                 _wrap_once()
-                self._file = tempfile.TemporaryFile(prefix="freezewatch-fh-")
+                # Lives as long as the timer: faulthandler writes to it from C.
+                self._file = tempfile.TemporaryFile(prefix="freezewatch-fh-")  # noqa: SIM115
             except OSError as e:
                 self.error = f"no private file for faulthandler: {e}"
-                self._armed_at = now + 60.0  # try again in a minute
+                self._retry_at = now + 60.0
                 return
         self._armed_at = now
         self.rearms += 1

@@ -155,9 +155,20 @@ def snapshot(table: dict[int, Unit]) -> list[Unit]:
     return live
 
 
+MAX_RECORDS = 500
+"""Units listed per dump: the oldest ones and every unit of the dump's task."""
+
+
 def records(table: dict[int, Unit], now: float, subject: Any = None) -> tuple[InflightUnit, ...]:
-    """Plain records of the units in flight, marking those of task ``subject``."""
-    return tuple(u.record(now, subject) for u in snapshot(table))
+    """Plain records of the units in flight (oldest first), marking those of task ``subject``."""
+    units = snapshot(table)  # insertion order: oldest first
+    if len(units) <= MAX_RECORDS:
+        return tuple(u.record(now, subject) for u in units)
+    kept = [u for i, u in enumerate(units) if i < MAX_RECORDS or u.task is subject]
+    out = [u.record(now, subject) for u in kept]
+    out.append(InflightUnit(f"({len(units) - len(kept)} more units in flight, not listed)",
+                            "omitted", 0.0, None))
+    return tuple(out)
 
 
 class watch:

@@ -190,7 +190,13 @@ class LoopWatch:
         if self._freeze is not None:
             return min(cfg.interval, max(0.0, self._freeze.next_update - now))
         if self._pending:
-            return min(cfg.interval, max(0.001, self._sent_at + cfg.threshold - now))
+            if self.allow_depth or self._sent_seq == self._ignored_seq:
+                # Nothing can be declared until the allowed block ends or the
+                # ignored beat (debugger, suspension) is answered: check at the
+                # interval instead of polling a deadline that has passed.
+                return cfg.interval
+            deadline = max(self._sent_at, self.allow_exit_at) + cfg.threshold
+            return min(cfg.interval, max(0.001, deadline - now))
         return cfg.interval
 
     def ignore_pending(self) -> None:
@@ -254,7 +260,10 @@ class LoopWatch:
     def _send(self, now: float) -> None:
         assert self.loop is not None
         self._sent_seq += 1
-        self._sent_at = self._last_real_beat = now
+        # Stamp the send itself, not the round's start: under GIL contention a
+        # round can take a while, and a stale stamp would add its length to
+        # the measured lag (a busy, healthy loop would look frozen).
+        self._sent_at = self._last_real_beat = time.monotonic()
         self._pending = True
         try:
             self.loop.call_soon_threadsafe(self._beat_cb, self._sent_seq)

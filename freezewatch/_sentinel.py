@@ -36,6 +36,7 @@ sentinel's descendants, i.e. its py-spy.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
@@ -61,10 +62,8 @@ _fork_hook = False
 
 def _close_in_child() -> None:
     for fd in list(_pipe_fds):
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
     _pipe_fds.clear()
 
 
@@ -213,10 +212,8 @@ def _run_pyspy(argv: list[str], limit: float, parent: int) -> tuple[int, str, st
         except subprocess.TimeoutExpired:
             code = 124
             for sig, grace in ((signal.SIGINT, 1.0), (signal.SIGKILL, 5.0)):
-                try:
+                with contextlib.suppress(OSError):
                     os.killpg(p.pid, sig)
-                except OSError:
-                    pass
                 try:
                     p.wait(grace)
                     break

@@ -13,9 +13,9 @@ import time
 import types
 
 from . import _health
+from ._events import FreezeEvent
 from ._faulthandler import Capture
 from ._gil import GilLayers
-from ._events import FreezeEvent
 from ._loopwatch import LoopWatch
 from ._sinks.log import events
 from ._snapshot.frames import thread_top_frames

@@ -8,8 +8,9 @@ or, for any ASGI app, wrap it: ``app = FreezewatchMiddleware(app)``.
 
 A pure ASGI middleware (no Starlette import): on the lifespan protocol's
 ``lifespan.startup`` it installs freezewatch on the server's loop (asyncio or
-uvloop) and on ``lifespan.shutdown`` it uninstalls what it installed; a
-server run without lifespan gets it installed on the first request instead.
+uvloop), before the app's startup handlers, and once the app has completed
+``lifespan.shutdown`` it uninstalls what it installed; a server run without
+lifespan gets it installed on the first request instead.
 Every HTTP request (and websocket) is a unit of work named
 ``"GET /path"``, so a freeze dump says which request was running (method,
 path, age, request id header) and a request open longer than
@@ -82,7 +83,7 @@ class FreezewatchMiddleware:
             finally:
                 close_unit(unit)
         elif kind == "lifespan":
-            await self.app(scope, self._lifespan_receive(receive), send)
+            await self.app(scope, self._lifespan_receive(receive), self._lifespan_send(send))
         else:
             await self.app(scope, receive, send)
 
@@ -96,14 +97,21 @@ class FreezewatchMiddleware:
         return None
 
     def _lifespan_receive(self, receive: Receive) -> Receive:
+        # Installed before the app's startup handlers run: a freeze in them counts.
         async def wrapped() -> Message:
             message = await receive()
-            kind = message.get("type")
-            if kind == "lifespan.startup":
+            if message.get("type") == "lifespan.startup":
                 self._install()
-            elif kind == "lifespan.shutdown":
-                self._uninstall()
             return message
+
+        return wrapped
+
+    def _lifespan_send(self, send: Send) -> Send:
+        # Uninstalled once the app's shutdown handlers have run.
+        async def wrapped(message: Message) -> None:
+            if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                self._uninstall()
+            await send(message)
 
         return wrapped
 

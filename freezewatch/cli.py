@@ -122,25 +122,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``freezewatch`` console script; returns the exit status."""
     _safe_stdout()
     parser = _parser()
+    prog = PROG
     try:
         args = parser.parse_args(argv)
-        if args.command == "run":
-            return _run(args)
-        if args.command == "show":
-            return _show(args)
-        if args.command == "report":
-            return _report(args)
-        parser.print_help()
-        return EXIT_USAGE
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        prog = f"{PROG} {args.command}"
+        return {"run": _run, "show": _show, "report": _report}[args.command](args)
     except CliError as e:
-        where = f"{PROG} {args.command}" if "args" in locals() and args.command else PROG
-        print(f"{where}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return e.code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `freezewatch report DIR | head`: the reader left
         _silence_stdout()
         return 0
+    except Exception as e:  # boundary: a bug or an odd file must not end in a traceback
+        print(f"{prog}: error: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _safe_stdout() -> None:

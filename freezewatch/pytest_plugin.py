@@ -99,7 +99,8 @@ def pytest_configure(config: pytest.Config) -> None:
         if option is not None:
             threshold = _parse_threshold(option, "--freezewatch")
         else:
-            threshold = _parse_threshold(config.getini("freezewatch"), "the 'freezewatch' ini option")
+            threshold = _parse_threshold(config.getini("freezewatch"),
+                                         "the 'freezewatch' ini option")
     except ValueError as e:
         raise pytest.UsageError(str(e)) from None
     config.stash[_threshold_key] = threshold
@@ -163,7 +164,7 @@ def _start(item: pytest.Item, threshold: float) -> LoopWatch:
     from ._install import install  # imported here: loading the plugin stays cheap
 
     known = {f.name for f in dataclasses.fields(Config)}
-    off = {name: False for name in _OFF_IN_TESTS
+    off: dict[str, Any] = {name: False for name in _OFF_IN_TESTS
            if name in known and ENV_PREFIX + name.upper() not in os.environ}
     # No loop given: this watches the first loop that starts running in this
     # thread during the phase (the one pytest-asyncio runs the test on). The
@@ -211,6 +212,15 @@ def _frame(f: Any) -> str:
     return f"{f.get('file')}:{f.get('line')} in {f.get('function')}"
 
 
+def _short(f: Any, item: pytest.Item) -> str:
+    """``file:line`` with the file relative to the rootdir when it lies below it."""
+    if not isinstance(f, dict):
+        return "?"
+    file = str(f.get("file"))
+    root = str(item.config.rootpath) + os.sep
+    return f"{file[len(root):] if file.startswith(root) else file}:{f.get('line')}"
+
+
 def _describe(found: list[str], unseen: int, item: pytest.Item, threshold: float) -> str:
     """The failure text: blocking line, application line, stack, dump path."""
     lines: list[str] = []
@@ -222,11 +232,13 @@ def _describe(found: list[str], unseen: int, item: pytest.Item, threshold: float
         took_text = f"{took:.2f} s" if isinstance(took, (int, float)) else "?"
         if "duration" not in doc:
             took_text = "at least " + took_text
-        lines.append(
-            f"freezewatch: event loop {loop!r} was blocked for {took_text} "
-            f"(threshold {threshold:g} s) during this test"
-        )
         bf, af = doc.get("blocking_frame"), doc.get("app_frame")
+        # First line (pytest's short summary shows it): where, short, and how long.
+        at = af if isinstance(af, dict) else bf
+        lines.append(
+            f"freezewatch: {_short(at, item)} blocked event loop {loop!r} for {took_text} "
+            f"(threshold {threshold:g} s)"
+        )
         lines.append(f"Blocked at:  {_frame(bf)}")
         if isinstance(bf, dict) and bf.get("code"):
             lines.append(f"             {bf['code']}")

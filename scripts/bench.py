@@ -56,6 +56,14 @@ HERE = Path(__file__).resolve().parent
 WORKER = str(HERE / "_bench_worker.py")
 LOAD = str(HERE / "_bench_load.py")
 THRESHOLD = 0.5  # detection-latency and capture runs
+# Fixed glibc malloc thresholds for every measured process. Without them a
+# plain aiohttp hello-world server trims its heap top and faults it back in
+# on every request (~2 page faults/request, +30 % CPU/request on this
+# machine), or not, depending on heap layout alone: a process whose layout
+# differs (freezewatch's threads and re-armed faulthandler timer are enough)
+# escapes it and looks ~27 % *cheaper*. Fixed thresholds take that luck out
+# of the comparison (--malloc default puts it back, to see it).
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=268435456"
 INTERVAL = 0.1  # freezewatch's default; the latency target is interval + 50 ms
 
 
@@ -73,10 +81,12 @@ def quantile(xs: list[float], q: float) -> float:
 class Child:
     """A worker process speaking the ``@@`` line protocol on stdout."""
 
+    env: dict[str, str] | None = None  # set once by Bench
+
     def __init__(self, args: list[str], log: IO[bytes]) -> None:
         self.proc = subprocess.Popen(
             [PY, WORKER, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=log, text=True, bufsize=1,
+            stderr=log, text=True, bufsize=1, env=Child.env,
         )
         self.pid = self.proc.pid
         self._lines: queue.Queue[list[str] | None] = queue.Queue()
@@ -166,6 +176,33 @@ def _sample(order: list[str], servers: dict[str, Child],
             for role in order}
 
 
+def _tree_state() -> str:
+    """Which code was measured: HEAD and whether freezewatch/ has local changes."""
+    root = HERE.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "freezewatch"],
+                               capture_output=True, text=True, timeout=5).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    return f"HEAD {head or '?'}" + (f" + {len(dirty)} changed file(s) in freezewatch/"
+                                    if dirty else "")
+
+
+def _defaults() -> str:
+    try:
+        import dataclasses
+
+        from freezewatch import Config
+
+        d = {f.name: f.default for f in dataclasses.fields(Config)}
+    except Exception as e:  # the package under test may be mid-edit
+        return f"unreadable ({type(e).__name__})"
+    keys = ("threshold", "interval", "idle_beat_every", "native", "faulthandler", "sentinel")
+    return ", ".join(f"{k}={d[k]}" for k in keys if k in d)
+
+
 def _comm(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -188,6 +225,10 @@ class Bench:
         self.tmp = tempfile.mkdtemp(prefix="freezewatch-bench-")
         self.log = open(os.path.join(self.tmp, "workers.log"), "ab")  # noqa: SIM115
         self.rows: list[Row] = []
+        if a.malloc == "fixed":
+            tun = os.environ.get("GLIBC_TUNABLES")
+            Child.env = dict(os.environ,
+                             GLIBC_TUNABLES=f"{tun}:{MALLOC_TUNABLES}" if tun else MALLOC_TUNABLES)
         cpus = sorted(os.sched_getaffinity(0))
         # Servers (and micro processes) share one core, load generators get
         # the other: the compared processes see the same core at the same time.
@@ -519,6 +560,7 @@ class Bench:
         load1 = os.getloadavg()[0]
         print(f"freezewatch bench: Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
               f"load average {load1:.2f} at start; temp dir {self.tmp}")
+        print(f"   tree: {_tree_state()}; freezewatch defaults: {_defaults()}")
         for name, fn in phases:
             if a.only and name not in a.only:
                 continue
@@ -556,6 +598,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (dumps, worker log)")
     ap.add_argument("--rounds", type=int, default=None, help="overhead rounds (default 8)")
     ap.add_argument("--window", type=float, default=None, help="seconds measured per round")
+    ap.add_argument("--malloc", default="fixed", choices=["fixed", "default"],
+                    help="glibc malloc thresholds of the measured processes (see MALLOC_TUNABLES)")
+    ap.add_argument("--idle", type=float, default=None, help="idle window, s (default 10)")
     ap.add_argument("--conns", type=int, default=None, help="connections per load generator")
     ap.add_argument("--load-cpu", default="other", choices=["other", "same", "any"],
                     help="load generators on the other CPU than the servers (default), the same, "
@@ -565,10 +610,10 @@ def main(argv: list[str] | None = None) -> int:
     a.rounds = a.rounds or (4 if q else 8)
     a.window = a.window or (3.0 if q else 4.0)
     a.warmup = 1.0
-    a.conns = a.conns or 4
+    a.conns = a.conns or 16
     a.micro_total = 1_000_000
     a.micro_rounds = 3 if q else 5
-    a.idle = 10.0
+    a.idle = a.idle or 10.0
     a.freezes = 15 if q else 30
     a.native_freezes = 10
     a.capture_sizes = [1000, 10_000, 100_000]

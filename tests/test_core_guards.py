@@ -20,6 +20,7 @@ from conftest import assert_contract, wait_for
 from core_support import FAST, assert_frame_is, dumps, pin
 
 import freezewatch
+from freezewatch._watchdog import THREAD_NAME
 
 _SUSPEND_SCRIPT = """
 import asyncio, json, os, sys, structlog, freezewatch
@@ -100,6 +101,30 @@ def test_allow_blocking_sync_and_async(dump_dir: Path, events: Any) -> None:
     assert doc["blocked_for"] < 0.9
 
 
+def _watchdog_wakeups() -> int:
+    """Voluntary context switches of the watchdog thread so far: one per wait it does."""
+    (t,) = [t for t in threading.enumerate() if t.name == THREAD_NAME]
+    status = Path(f"/proc/self/task/{t.native_id}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_watchdog_idles_through_long_allowed_block(dump_dir: Path) -> None:
+    """A 1.5 s allow_blocking() block (5x the threshold) keeps the watchdog at its interval."""
+
+    async def main() -> int:
+        freezewatch.install(dump_dir=str(dump_dir), **FAST)
+        await asyncio.sleep(0.2)
+        before = _watchdog_wakeups()
+        with freezewatch.allow_blocking("long warm-up"):
+            time.sleep(1.5)
+        return _watchdog_wakeups() - before
+
+    wakeups = asyncio.run(main())
+    # At interval 0.05 s that is about 30; a watchdog polling the overdue beat
+    # every millisecond wakes over a thousand times.
+    assert wakeups < 200
+
+
 async def _same_line_freeze() -> None:
     time.sleep(0.6)  # pin: repeat
     await asyncio.sleep(0.15)
@@ -137,9 +162,13 @@ def test_debugger_stopped_is_not_a_freeze(dump_dir: Path, events: Any) -> None:
     commands = os.fdopen(read_fd, "r")
     debugger = pdb.Pdb(stdin=commands, stdout=io.StringIO(), nosigint=True, readrc=False)
 
+    wakeups: list[int] = []
+
     def release() -> None:
         wait_for(lambda: events.named("freeze_ignored"), timeout=15)
-        time.sleep(0.3)  # and stay stopped a little longer
+        before = _watchdog_wakeups()
+        time.sleep(1.0)  # and stay stopped a while longer
+        wakeups.append(_watchdog_wakeups() - before)
         os.write(write_fd, b"continue\n")
 
     threading.Thread(target=release, name="test-debugger-user", daemon=True).start()
@@ -163,3 +192,4 @@ def test_debugger_stopped_is_not_a_freeze(dump_dir: Path, events: Any) -> None:
     assert len(ignored) == 1 and "debugger" in ignored[0]["reason"]
     assert w.freezes == 0 and dumps(dump_dir) == []
     assert events.named("freeze_detected") == [] and events.named("freeze_ended") == []
+    assert wakeups[0] < 150  # the watchdog does not poll the ignored beat (interval 0.05 s)

@@ -17,7 +17,6 @@ import pytest
 import structlog
 from conftest import assert_contract, wait_for
 
-import freezewatch
 from freezewatch import _state
 from freezewatch.asgi import FreezewatchMiddleware
 

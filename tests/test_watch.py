@@ -30,6 +30,18 @@ def dumps(dump_dir: Path, prefix: str = "") -> list[Path]:
     return sorted(dump_dir.glob(f"{prefix}*.json")) if dump_dir.exists() else []
 
 
+def run(coro: Any, loop_kind: str = "asyncio") -> Any:
+    """asyncio.run(coro) on a fresh loop of the given kind ("asyncio" or "uvloop")."""
+    if loop_kind == "asyncio":
+        return asyncio.run(coro)
+    uvloop = pytest.importorskip("uvloop")
+    loop = uvloop.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
 def test_watch_finishing_in_time_writes_no_dump(dump_dir: Path, events: Any) -> None:
     """A watch() that ends before stall_after gives no dump and no stall event."""
 
@@ -48,8 +60,9 @@ def test_watch_finishing_in_time_writes_no_dump(dump_dir: Path, events: Any) -> 
     assert handle.stalls == 0
 
 
-def test_overdue_watch_writes_one_stall_dump_with_await_chain(dump_dir: Path,
-                                                               events: Any) -> None:
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_overdue_watch_writes_one_stall_dump_with_await_chain(dump_dir: Path, events: Any,
+                                                               loop_kind: str) -> None:
     """An overdue watch() gives one stall dump pinned to the app's await line, then stall_ended."""
 
     async def reconcile(gate: asyncio.Event) -> None:
@@ -67,7 +80,7 @@ def test_overdue_watch_writes_one_stall_dump_with_await_chain(dump_dir: Path,
         await task
         return handle
 
-    handle = asyncio.run(main())
+    handle = run(main(), loop_kind)
     (path,) = dumps(dump_dir, "stall-")
     doc = assert_contract(path)
     line = line_of("# STALL-AWAIT")
@@ -249,3 +262,39 @@ def test_frozen_loop_in_thread_reported_alone(dump_dir: Path, events: Any,
     assert [u["name"] for u in doc["inflight"]] == ["telegram-poll"]
     assert main_handle.freezes == 0 and bg_handle[0].freezes == 1
     assert [e["loop"] for e in events.named("freeze_detected")] == ["telegram-client"]
+
+
+def test_inflight_list_is_bounded_but_keeps_the_blocking_unit(dump_dir: Path,
+                                                              events: Any) -> None:
+    """600 open units: the dump lists 500 plus the blocking task's unit and an 'omitted' marker."""
+    from freezewatch._inflight import MAX_RECORDS
+
+    async def parked(gate: asyncio.Event, i: int) -> None:
+        async with freezewatch.watch(f"job-{i}", stall_after=60):
+            await gate.wait()
+
+    async def blocker() -> None:
+        async with freezewatch.watch("the-blocker", stall_after=60):
+            time.sleep(0.8)
+
+    async def main() -> None:
+        freezewatch.install(dump_dir=str(dump_dir), **FAST)
+        gate = asyncio.Event()
+        tasks = [asyncio.create_task(parked(gate, i)) for i in range(600)]
+        await asyncio.sleep(0.1)
+        await asyncio.create_task(blocker(), name="blocker")
+        await asyncio.sleep(0.3)
+        gate.set()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    events.wait("freeze_ended")
+    (path,) = dumps(dump_dir, "freeze-")
+    doc = assert_contract(path)
+    units = doc["inflight"]
+    assert len(units) == MAX_RECORDS + 2
+    assert units[0]["name"] == "job-0"
+    assert units[-2]["name"] == "the-blocker" and units[-2]["in_blocking_task"] is True
+    assert units[-1]["kind"] == "omitted" and units[-1]["name"].startswith("(100 more units")
+    assert doc["request"]["name"] == "the-blocker"
+    assert "more in the .json" in Path(str(path)[:-5] + ".txt").read_text()

@@ -33,7 +33,7 @@ def _chain() -> None:
     """Import the sitecustomize this one shadows, as ``site`` would have."""
     me = sys.modules.pop("sitecustomize", None)
     try:
-        import sitecustomize  # noqa: F401  (the next one on sys.path, if any)
+        import sitecustomize  # type: ignore[import-not-found]  # noqa: F401  (the next one)
     except ImportError as e:
         if e.name != "sitecustomize":
             print(f"Error in sitecustomize; set PYTHONVERBOSE for traceback:\n"

@@ -207,12 +207,17 @@ def after_fork() -> None:
 
 
 def sample(w: Any, now: float) -> None:
-    """Once per watchdog round: the gauges only the watchdog can keep current."""
-    if w.loop is None or w.closed:
+    """Once per watchdog round: the gauges only the watchdog can keep current.
+
+    Kept to a dict lookup and a comparison in the common case: it runs every
+    ``interval`` and the round's length matters (the suspension guard)."""
+    b = _bound.get(w)  # bound at the loop's first answered heartbeat (lag())
+    if b is None or w.closed or w.loop is None:
         return
-    b = bind(w)
-    b.blocked.set(w.blocked_for())
-    if now - b.tasks_sampled_at >= TASKS_SAMPLE_EVERY and w.blocked_for() == 0.0:
+    blocked = w.blocked_for()
+    if multiprocess_dir() is not None:  # single process: the function gauge is exact
+        b.blocked.set(blocked)
+    if now - b.tasks_sampled_at >= TASKS_SAMPLE_EVERY and blocked == 0.0:
         b.tasks_sampled_at = now
         from .._snapshot.tasks import all_tasks
 

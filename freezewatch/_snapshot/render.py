@@ -131,7 +131,9 @@ def render(doc: dict[str, Any]) -> str:
         lines.append(f"Request:     {req.get('name')} (open {_secs(req.get('age'))}{rid})")
     if doc.get("context"):
         lines.append("Context:     " + " ".join(f"{k}={v!r}" for k, v in doc["context"].items()))
-    for u in doc.get("inflight") or []:
+    units = doc.get("inflight") or []
+    shown = [u for i, u in enumerate(units) if i < 20 or u.get("in_blocking_task")]
+    for u in shown:
         name, detail = str(u.get("name")), u.get("detail")
         if detail and str(detail).startswith(name):  # "GET url — status 200, ..."
             name, detail = str(detail), None
@@ -142,6 +144,8 @@ def render(doc: dict[str, Any]) -> str:
             f"In flight:   {name} ({u.get('kind')}, {_secs(u.get('age'))}, "
             f"task {u.get('task')}{rid}{detail}){mark}"
         )
+    if len(units) > len(shown):
+        lines.append(f"In flight:   ... {len(units) - len(shown)} more in the .json")
     if doc.get("gil_held"):
         lines.append("GIL:         held during the freeze (captured by faulthandler)")
     lines.append("")

@@ -76,7 +76,7 @@ class WaitSampler:
             if prev is not None and prev[0]() is waiter:
                 new[key] = prev
             else:
-                try:
+                try:  # noqa: SIM105 (a with-statement costs more in this hot loop)
                     new[key] = (ref(waiter), now)  # CPython reuses an existing plain ref
                 except TypeError:  # an awaitable without weakref support: age unknown
                     pass
