@@ -28,3 +28,14 @@ __all__ = [
     "uninstall",
     "watch",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # `freezewatch.aiohttp.setup(app)` / `freezewatch.asgi.FreezewatchMiddleware`
+    # work after a plain `import freezewatch`; the integration (and aiohttp) is
+    # imported only when first touched, never at `import freezewatch`.
+    if name in ("aiohttp", "asgi"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -129,6 +129,7 @@ class LoopWatch:
         # fired since the last round (the watchdog could not run: GIL held).
         self.gil_capture: Capture | None = None
         self.watchdog_silent = 0.0  # seconds the watchdog could not run before this round
+        self._woke_at = -1e9  # when the watchdog last came back from such a silence
 
     # -- public -----------------------------------------------------------
     @property
@@ -241,7 +242,7 @@ class LoopWatch:
             age = now - max(self._sent_at, self.allow_exit_at)
             if self._freeze is None:
                 if (age >= cfg.threshold and self.allow_depth == 0
-                        and self._sent_seq != self._ignored_seq and not self._just_woke()):
+                        and self._sent_seq != self._ignored_seq and not self._just_woke(now)):
                     self._declare(now, age, tops)
             elif now >= self._freeze.next_update:
                 self._update(now, age)
@@ -388,11 +389,15 @@ class LoopWatch:
             else:
                 self._add_native(path, self._freeze.doc)
 
-    def _just_woke(self) -> bool:
+    def _just_woke(self, now: float) -> bool:
         """The watchdog itself could not run for a while (GIL held) and faulthandler
-        saw nothing: a live stack now shows the loop after the freeze, not in it.
-        Give the heartbeat one more round to come back (then: a late freeze)."""
-        return self.gil_capture is None and self.watchdog_silent >= self.config.threshold / 2
+        saw nothing of this loop: a live stack now shows the loop after the freeze,
+        not in it. Watch afresh for a full threshold before declaring a live freeze
+        (the heartbeat usually comes back first: then it is a late freeze)."""
+        threshold = self.config.threshold
+        if self._gil_frames() is None and self.watchdog_silent >= threshold / 2:
+            self._woke_at = now
+        return now - self._woke_at < threshold
 
     def _gil_frames(self) -> tuple[Frame, ...] | None:
         cap = self.gil_capture

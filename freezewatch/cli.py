@@ -28,7 +28,7 @@ examples:
   freezewatch run -- python worker.py
   freezewatch run --threshold 0.5 --dump-dir /var/log/app/freezes -- uvicorn app:app
   freezewatch run -- python -m mypackage.service --port 8080
-  FREEZEWATCH_STALL_AFTER=20 freezewatch run -- gunicorn -k uvicorn.workers.UvicornWorker app:app
+  FREEZEWATCH_NATIVE=0 freezewatch run -- python -m aiohttp.web -P 8080 app:init
 
 The command runs with freezewatch installed on the first event loop its main
 thread starts (asyncio or uvloop), in it and in every Python process it
@@ -84,6 +84,7 @@ def _parser() -> _Parser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a command with freezewatch watching its event loop",
+                         usage="%(prog)s [OPTIONS] -- COMMAND [ARG ...]",
                          description="Run COMMAND with freezewatch watching its event loop, "
                          "without changing its code.", epilog=RUN_EXAMPLES, formatter_class=fmt)
     run.add_argument("--threshold", metavar="SECONDS",

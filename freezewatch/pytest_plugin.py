@@ -24,7 +24,7 @@ import argparse
 import os
 import tempfile
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -103,6 +103,8 @@ def pytest_configure(config: pytest.Config) -> None:
                                          "the 'freezewatch' ini option")
     except ValueError as e:
         raise pytest.UsageError(str(e)) from None
+    if threshold is not None and _wrapper is None:
+        raise pytest.UsageError("freezewatch's pytest plugin needs pluggy >= 1.2 (pytest >= 8)")
     config.stash[_threshold_key] = threshold
 
 
@@ -277,7 +279,10 @@ def _watched(item: pytest.Item, when: str) -> Generator[None, Any, Any]:
     threshold = item.stash.get(_item_threshold_key, None)
     if threshold is None:
         return (yield)
-    w = _start(item, threshold)
+    try:
+        w = _start(item, threshold)
+    except (ValueError, TypeError) as e:  # a bad FREEZEWATCH_* variable in the environment
+        pytest.fail(f"freezewatch: {e}", pytrace=False)
     try:
         result = yield
     except BaseException:
@@ -293,16 +298,22 @@ def _watched(item: pytest.Item, when: str) -> Generator[None, Any, Any]:
     return result
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item) -> Generator[None, Any, Any]:
-    return (yield from _watched(item, "setup"))
+_wrapper: Callable[[Any], Any] | None
+try:
+    _wrapper = pytest.hookimpl(wrapper=True)
+except TypeError:  # pluggy < 1.2 has no new-style wrappers: the plugin stays out of the way
+    _wrapper = None
 
+if _wrapper is not None:
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
-    return (yield from _watched(item, "call"))
+    @_wrapper
+    def pytest_runtest_setup(item: pytest.Item) -> Generator[None, Any, Any]:
+        return (yield from _watched(item, "setup"))
 
+    @_wrapper
+    def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
+        return (yield from _watched(item, "call"))
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, Any, Any]:
-    return (yield from _watched(item, "teardown"))
+    @_wrapper
+    def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, Any, Any]:
+        return (yield from _watched(item, "teardown"))

@@ -6,8 +6,11 @@ measured side by side in one run with interleaved rounds and medians:
 1. overhead  (a) CPU time per request of a real aiohttp hello-world server
              with freezewatch.install() at defaults vs a plain one, both
              pinned to the same core at the same moment, each loaded by its
-             own load-generator process; a plain-vs-plain control pair runs
-             in the same window and shows the method's own noise.
+             own load-generator process (a raw asyncio keep-alive client,
+             scripts/_bench_load.py); a plain-vs-plain control pair runs in
+             the same window and shows the method's own noise. Every
+             measured process runs with fixed glibc malloc thresholds (see
+             MALLOC_TUNABLES for why).
              (b) 100 tasks x ``await asyncio.sleep(0)``, 1,000,000 in total:
              CPU time with vs without, same method (three processes on one core).
 2. idle cost  CPU ms per second of an idle watched server minus a plain one,
@@ -265,10 +268,13 @@ class Bench:
                + (f"to CPU {self.load_cpu}" if self.load_cpu is not None else "unpinned")
                if self.server_cpu is not None else "no pinning (a single CPU available)")
         print(f"   3 servers (plain A, watched W, plain B) side by side, {pin}; "
-              f"fresh processes each round, start order shuffled")
+              f"fresh processes each round, start order shuffled; glibc malloc thresholds "
+              f"{'fixed (MALLOC_TUNABLES)' if Child.env else 'default'}")
         roles = ["A", "W", "B"]
         watched_ratio: list[float] = []
         control_ratio: list[float] = []
+        extra_ms: list[float] = []
+        srv_ms: list[float] = []
         rng = random.Random(7)
         for r in range(a.rounds):
             order = roles[:]
@@ -307,6 +313,7 @@ class Bench:
                         m.close()
             per: dict[str, float] = {}
             reqs: dict[str, int] = {}
+            srv_ms.append(delta(s0["A"][0], s1["A"][0])[0] / a.window / 1e6)
             for role in roles:
                 reqs[role] = s1[role][1] - s0[role][1]
                 if reqs[role] <= 0:
@@ -314,18 +321,25 @@ class Bench:
                 per[role] = delta(s0[role][0], s1[role][0])[0] / reqs[role]
             watched_ratio.append(per["W"] / per["A"])
             control_ratio.append(per["B"] / per["A"])
+            # freezewatch's cost as CPU per second: W's CPU minus what its requests
+            # would have cost at A's rate (fixed per-second costs show up here).
+            extra_ms.append((per["W"] - per["A"]) * reqs["W"] / a.window / 1e6)
             print(f"   round {r + 1}: us/request A {per['A'] / 1e3:6.1f}  W {per['W'] / 1e3:6.1f}"
                   f"  B {per['B'] / 1e3:6.1f}   requests A {reqs['A']} W {reqs['W']} "
                   f"B {reqs['B']}   W/A {pct(watched_ratio[-1] - 1)}  B/A "
-                  f"{pct(control_ratio[-1] - 1)}")
+                  f"{pct(control_ratio[-1] - 1)}  W extra {extra_ms[-1]:.1f} ms/s")
         w = statistics.median(watched_ratio) - 1
         c = statistics.median(control_ratio) - 1
         cspread = max(abs(x - 1) for x in control_ratio)
         print(f"   median W/A {pct(w)} (rounds {pct(min(watched_ratio) - 1)} .. "
               f"{pct(max(watched_ratio) - 1)});  control B/A {pct(c)} (rounds "
               f"{pct(min(control_ratio) - 1)} .. {pct(max(control_ratio) - 1)})")
+        print(f"   freezewatch's extra CPU in W, median {statistics.median(extra_ms):.1f} ms per "
+              f"second (each server here gets only ~{statistics.median(srv_ms):.0f} ms of CPU "
+              f"per second: a fixed per-second cost weighs more than on a busy server)")
         self.rows.append(Row("overhead, aiohttp CPU/request (W vs plain)",
-                             f"{pct(w)} (control {pct(c)}, max |round| {cspread * 100:.1f} %)",
+                             f"{pct(w)} (control {pct(c)}, max |round| {cspread * 100:.1f} %;"
+                             f" {statistics.median(extra_ms):.1f} ms/s)",
                              "<= +1 %", w <= 0.01))
 
     # -- 1b ------------------------------------------------------------------
@@ -337,9 +351,11 @@ class Bench:
         where = (f"pinned to CPU {self.server_cpu}" if self.server_cpu is not None
                  else "unpinned")
         print(f"   3 processes per round (plain A, watched W, plain B) started together, {where}; "
-              f"CPU time of the run (process_time, all threads)")
+              f"CPU time of the run (schedstat, all threads + helper processes)")
         wr: list[float] = []
         cr: list[float] = []
+        extra_cpu: list[float] = []
+        walls: list[float] = []
         rng = random.Random(11)
         for r in range(a.micro_rounds):
             order = ["A", "W", "B"]
@@ -360,13 +376,20 @@ class Bench:
             cpu = {role: float(res[role]["cpu"]) for role in order}
             wr.append(cpu["W"] / cpu["A"])
             cr.append(cpu["B"] / cpu["A"])
+            extra_cpu.append((cpu["W"] - cpu["A"]) / float(res["W"]["wall"]) * 1e3)
+            walls.append(float(res["W"]["wall"]))
             print(f"   round {r + 1}: CPU s  A {cpu['A']:.3f}  W {cpu['W']:.3f}  "
-                  f"B {cpu['B']:.3f}   W/A {pct(wr[-1] - 1)}  B/A {pct(cr[-1] - 1)}")
+                  f"B {cpu['B']:.3f}   W/A {pct(wr[-1] - 1)}  B/A {pct(cr[-1] - 1)}   "
+                  f"W wall {walls[-1]:.2f} s, extra {extra_cpu[-1]:.1f} ms per wall second")
         w = statistics.median(wr) - 1
         c = statistics.median(cr) - 1
-        print(f"   median W/A {pct(w)};  control B/A {pct(c)}")
+        xc = statistics.median(extra_cpu)
+        print(f"   median W/A {pct(w)};  control B/A {pct(c)};  W's extra CPU {xc:.1f} ms per "
+              f"wall second (3 processes share one core, so a run lasts ~3x its CPU time and "
+              f"per-second costs count ~3x)")
         self.rows.append(Row("overhead, sleep(0) loop CPU (W vs plain)",
-                             f"{pct(w)} (control {pct(c)})", "<= +1 %", w <= 0.01))
+                             f"{pct(w)} (control {pct(c)}; {xc:.1f} ms/s)",
+                             "<= +1 %", w <= 0.01))
 
     # -- 2 -------------------------------------------------------------------
     def idle(self) -> None:

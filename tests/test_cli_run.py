@@ -163,6 +163,43 @@ def test_run_uvicorn_console_script(tmp_path: Path, loop: str) -> None:
     assert bodies[0].decode().split(".")[0] == loop  # the loop the handler ran on
 
 
+FORKER = '''
+import asyncio
+import os
+import time
+
+
+async def work():
+    await asyncio.sleep(0.3)
+    time.sleep(1.0)  # <- child
+    await asyncio.sleep(0.4)
+
+
+pid = os.fork()
+if pid == 0:
+    asyncio.run(work())
+    os._exit(0)
+print(pid, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+'''
+
+
+def test_run_watches_a_forked_child(tmp_path: Path) -> None:
+    """A child forked by the command (gunicorn-style) is watched afresh: its freeze is
+    dumped under its own pid."""
+    script = tmp_path / "forker.py"
+    script.write_text(FORKER)
+    dumps = tmp_path / "dumps"
+    proc = _run("run", "--threshold", "0.3", "--dump-dir", str(dumps), "--",
+                PYTHON, str(script))
+    assert proc.returncode == 0, proc.stderr
+    child, status = proc.stdout.split()[-2:]
+    assert status == "0"
+    (path,) = sorted(dumps.glob("freeze-*.json"))
+    doc = assert_contract(path)
+    assert doc["pid"] == int(child)
+    assert doc["blocking_frame"]["line"] == _tagged_line(script, "child")
+
+
 @pytest.mark.parametrize(("code", "status"), [
     ("pass", 0),
     ("import sys; sys.exit(3)", 3),
