@@ -34,7 +34,7 @@ class Config:
     """Hard limit for one py-spy run, enforced from outside the process."""
     pyspy_path: str = ""
     """py-spy executable; empty: next to the interpreter, then PATH."""
-    faulthandler: bool = True
+    faulthandler: bool = False
     """Re-arm faulthandler.dump_traceback_later from the watchdog so freezes that
     hold the GIL are pinned (docs/native.md); off leaves faulthandler to the app."""
     sentinel: bool = True

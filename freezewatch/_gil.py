@@ -23,7 +23,7 @@ from ._events import FreezeEvent
 from ._faulthandler import Capture, Timer
 from ._sentinel import Sentinel
 from ._sinks.log import events
-from ._snapshot.frames import app_frame
+from ._snapshot.frames import app_frame, source_line
 from ._snapshot.model import Frame, Native, Snapshot
 from ._snapshot.native import capture_native, find_pyspy, native_from_output
 
@@ -123,14 +123,14 @@ MAX_FAULTHANDLER_TEXT = 64_000
 
 
 def pin(snap: Snapshot, frames: tuple[Frame, ...], blocked_for: float,
-        cap: Capture | None) -> Snapshot:
+        cap: Capture | None, captured_by: str = "faulthandler") -> Snapshot:
     """A live snapshot re-pinned on the loop thread's stack from the faulthandler capture.
 
     Tasks, threads and in-flight units stay live (as of now, after the GIL came
     back); faulthandler's raw text (every thread, during the freeze) is kept too.
     """
     extra = dict(snap.extra)
-    extra.update(gil_held=True, captured_by="faulthandler")
+    extra.update(gil_held=True, captured_by=captured_by)
     if cap is not None:
         extra["faulthandler"] = cap.text[:MAX_FAULTHANDLER_TEXT]
     return dataclasses.replace(
@@ -145,3 +145,20 @@ def idle(frames: tuple[Frame, ...], idle_at: tuple[str, int] | None) -> bool:
     if top.function == "select" and top.file.endswith("selectors.py"):
         return True
     return idle_at is not None and (top.file, top.line) == idle_at
+
+
+def python_frames(native: Native, thread_id: int | None) -> tuple[Frame, ...] | None:
+    """The Python frames of one thread in a py-spy capture (outermost first), as
+    plain records with their source lines; None if that thread is not in it.
+    py-spy reads a ptrace-stopped process, so unlike a faulthandler timer it is
+    safe to take while the application runs."""
+    if not native.ok or thread_id is None:
+        return None
+    for t in native.threads:
+        if t.thread_id == thread_id:
+            frames = tuple(
+                Frame(f.file, f.line, f.function, source_line(f.file, f.line))
+                for f in t.frames if not f.native
+            )
+            return frames or None
+    return None

@@ -26,10 +26,11 @@ from ._faulthandler import Capture
 from ._inflight import Unit
 from ._inflight import records as inflight_records
 from ._inflight import snapshot as inflight_snapshot
+from ._sched import RunDelay
 from ._sinks import metrics as _metrics
 from ._sinks.log import Hook
 from ._snapshot.capture import capture
-from ._snapshot.model import NATIVE_OFF, NATIVE_PENDING, Frame, InflightUnit, LoopInfo
+from ._snapshot.model import NATIVE_OFF, NATIVE_PENDING, Frame, InflightUnit, LoopInfo, Native
 from ._snapshot.native import find_pyspy
 from ._snapshot.waits import WaitSampler
 
@@ -110,7 +111,8 @@ class LoopWatch:
         self._pending = False
         self._answered_seq = 0
         self._answered_at = 0.0
-        self._ignored_seq = -1  # a beat whose delay is explained (suspension, debugger)
+        self._ignored_seq = -1  # a beat whose delay is explained (debugger, stopped loop)
+        self._void_seq = -1  # a beat whose lag is void (process suspended meanwhile)
         self._last_real_beat = 0.0
         self._idle_code: types.CodeType | None = None
         self._idle_line = -1
@@ -128,6 +130,10 @@ class LoopWatch:
         # Set by the watchdog before each tick: faulthandler's stacks when it
         # fired since the last round (the watchdog could not run: GIL held).
         self.gil_capture: Capture | None = None
+        # A GIL-held freeze pinned on the sentinel's py-spy capture (frames, native).
+        self._sentinel_pin: tuple[tuple[Frame, ...], Native] | None = None
+        self._rd: RunDelay | None = None
+        self._rd_tid: int | None = None
         self.watchdog_silent = 0.0  # seconds the watchdog could not run before this round
         self._woke_at = -1e9  # when the watchdog last came back from such a silence
 
@@ -200,11 +206,34 @@ class LoopWatch:
             return min(cfg.interval, max(0.001, deadline - now))
         return cfg.interval
 
+    def loop_run_delay(self) -> float | None:
+        """Seconds the loop's thread has waited for a CPU (see _sched); watchdog thread."""
+        tid = self._thread_id
+        if tid != self._rd_tid:
+            self.close_run_delay()
+            self._rd_tid = tid
+            native = next((t.native_id for t in threading.enumerate() if t.ident == tid), None)
+            self._rd = RunDelay.of_thread(native)
+        return self._rd.read() if self._rd is not None else None
+
+    def close_run_delay(self) -> None:
+        if self._rd is not None:
+            self._rd.close()
+            self._rd = None
+
     def ignore_pending(self) -> None:
-        """The process was suspended as a whole: the pending beat proves nothing."""
+        """The process was suspended as a whole: the pending beat proves nothing.
+
+        A freeze already declared live stays declared: a suspension during it
+        only lengthens it, and ending it here would record the next quick
+        heartbeat's lag as its duration."""
+        if self._freeze is not None:
+            return
         if self._pending or self._answered_seq != self._sent_seq:
-            self._ignored_seq = self._sent_seq
-        self._pending = False
+            # Measure the beat afresh from now rather than send a second one
+            # while it is still queued; its lag is void either way.
+            self._sent_at = time.monotonic()
+            self._void_seq = self._sent_seq
         self.suspensions += 1
 
     def tick(self, now: float, tops: dict[int, types.FrameType]) -> None:
@@ -221,7 +250,7 @@ class LoopWatch:
         cfg = self.config
         if self._pending and self._answered_seq == self._sent_seq:
             self._pending = False
-            if self._sent_seq != self._ignored_seq:
+            if self._sent_seq not in (self._ignored_seq, self._void_seq):
                 lag = max(0.0, self._answered_at - max(self._sent_at, self.allow_exit_at))
                 _metrics.lag(self, lag)  # a freeze's full duration is a lag sample too
                 if self._freeze is not None:
@@ -231,6 +260,9 @@ class LoopWatch:
                         self._late_freeze(lag)
         if self.gil_capture is not None and self._freeze is None and not self._pending:
             self._silent_gil_freeze()
+        elif (self.watchdog_silent >= cfg.threshold and self._freeze is None
+              and not self._pending):
+            self._silent_sentinel_freeze(now)
         if self._pending:
             if not loop.is_running():
                 # Stopped with our beat queued: not a freeze. Forget that beat.
@@ -277,7 +309,13 @@ class LoopWatch:
             return False
         code = top.f_code
         if code in _SELECT_CODES:
-            return True
+            # select(timeout=0) is the poll a busy asyncio loop makes between
+            # ready callbacks: busy, not waiting. Reading one local of another
+            # thread's frame is safe under the GIL; it costs about a microsecond.
+            try:
+                return top.f_locals.get("timeout") != 0
+            except Exception:
+                return True
         return code is self._idle_code and top.f_lineno == self._idle_line
 
     def _find_loop(self, tops: dict[int, types.FrameType]) -> None:
@@ -354,10 +392,12 @@ class LoopWatch:
             inflight=self._inflight_records(now),
             native=NATIVE_PENDING if cfg.native else NATIVE_OFF, waits=self.waits,
         )
+        by = "py-spy (sentinel)" if self._sentinel_pin else "faulthandler"
         if gil_frames is not None:
-            # The live stack is from after the GIL came back: pin on faulthandler's.
+            # The live stack is from after the GIL came back: pin on the one
+            # captured during the freeze.
             snap = _gil.pin(snap, gil_frames, age if late else snap.blocked_for,
-                            self.gil_capture)
+                            self.gil_capture, captured_by=by)
         self.freezes += 1
         _metrics.freeze_detected(self)
         bf = snap.blocking_frame
@@ -370,7 +410,7 @@ class LoopWatch:
         else:
             path = _report.write(self, snap, signature=sig)
             if gil_frames is not None:
-                reason = "GIL held: stacks captured by faulthandler during the freeze"
+                reason = f"GIL held: stacks captured by {by} during the freeze"
         self._freeze = _Freeze(
             start=start, detected_at=snap.detected_at, signature=sig,
             frame=(bf.file, bf.line, bf.function), json_path=path,
@@ -382,7 +422,10 @@ class LoopWatch:
         )
         _report.emit(self, _report.event_for("freeze_detected", self, snap, snap.blocked_for,
                                              path, reason))
-        if path and cfg.native:
+        if path and self._sentinel_pin is not None and self._freeze.doc is not None:
+            self._freeze.doc["native"] = self._sentinel_pin[1].to_json()
+            _report.write(self, self._freeze.doc, rewrite=path)
+        elif path and cfg.native:
             if gil_frames is not None:
                 self._add_gil_native(path, self._freeze.doc,
                                      self._sent_at if since is None else since)
@@ -400,6 +443,8 @@ class LoopWatch:
         return now - self._woke_at < threshold
 
     def _gil_frames(self) -> tuple[Frame, ...] | None:
+        if self._sentinel_pin is not None:
+            return self._sentinel_pin[0]
         cap = self.gil_capture
         return cap.frames_of(self._thread_id) if cap is not None else None
 
@@ -476,8 +521,18 @@ class LoopWatch:
         loop was idle when the C call began): the loop was frozen for as long as
         the watchdog could not run - its silent stretch, within one interval."""
         cap = self.gil_capture
-        if (cap is None or cap.silent < self.config.threshold or self.allow_depth
+        threshold = self.config.threshold
+        if (cap is None or cap.silent < threshold or self.allow_depth
                 or not self.busy_in(cap)):
+            return
+        # The watchdog can be silent because the machine is loaded, not because
+        # the GIL was held. If the loop ran Python (answered a heartbeat) inside
+        # the silent stretch, it cannot have been frozen for the threshold on
+        # either side of that answer: not a GIL-held freeze.
+        start, answered = cap.read_at - cap.silent, self._answered_at
+        if start < answered <= cap.read_at and max(answered - start,
+                                                   cap.read_at - answered) < threshold:
+            self.gil_capture = None
             return
         self.late_freezes += 1
         self._declare(time.monotonic(), cap.silent, {}, late=True,
@@ -486,6 +541,37 @@ class LoopWatch:
         if self._freeze is not None and self._freeze.doc is not None:
             self._freeze.doc["duration_measured_by"] = "watchdog silence"
         self._end_freeze(cap.silent)
+
+    def _pin_from_sentinel(self, since: float) -> bool:
+        """Pin a GIL-held freeze on the loop thread's Python stack from the
+        sentinel's py-spy capture taken during it (the default way: no
+        faulthandler timer, which is unsafe when it fires while Python runs)."""
+        gl = _gil.layers()
+        cfg = self.config
+        if gl is None or not (cfg.sentinel and cfg.native) or gl.sentinel.proc is None:
+            return False
+        native = gl.sentinel_native(since, self)
+        frames = _gil.python_frames(native, self._thread_id)
+        code = self._idle_code
+        idle_at = (os.path.abspath(code.co_filename), self._idle_line) if code else None
+        if frames is None or _gil.idle(frames, idle_at):
+            return False
+        self._sentinel_pin = (frames, native)
+        return True
+
+    def _silent_sentinel_freeze(self, now: float) -> None:
+        """The watchdog could not run for the threshold or more (and not because
+        the machine was loaded, see _watchdog) while no heartbeat was out: if
+        the sentinel caught the loop thread busy meanwhile, a C call held the GIL."""
+        silent = self.watchdog_silent
+        if self.allow_depth or not self._pin_from_sentinel(now - silent):
+            return
+        self.late_freezes += 1
+        self._declare(now, silent, {}, late=True, since=now - silent)
+        self._sentinel_pin = None
+        if self._freeze is not None and self._freeze.doc is not None:
+            self._freeze.doc["duration_measured_by"] = "watchdog silence"
+        self._end_freeze(silent)
 
     def _late_freeze(self, lag: float) -> None:
         """A beat answered after the threshold without a live detection: the
@@ -496,6 +582,12 @@ class LoopWatch:
             self.late_freezes += 1
             self._declare(time.monotonic(), lag, {}, late=True)
             self.gil_capture = None  # used
+            self._end_freeze(lag)
+            return
+        if self.loop is not None and self._pin_from_sentinel(self._answered_at - lag):
+            self.late_freezes += 1
+            self._declare(time.monotonic(), lag, {}, late=True)
+            self._sentinel_pin = None
             self._end_freeze(lag)
             return
         self.freezes += 1

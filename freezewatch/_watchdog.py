@@ -17,6 +17,7 @@ from ._events import FreezeEvent
 from ._faulthandler import Capture
 from ._gil import GilLayers
 from ._loopwatch import LoopWatch
+from ._sched import RunDelay
 from ._sinks.log import events
 from ._snapshot.frames import thread_top_frames
 
@@ -69,13 +70,39 @@ class Watchdog:
         finally:
             self.gil.close()  # cancel our faulthandler timer, let the sentinel go
 
+    def _suspended(self, watches: tuple[LoopWatch, ...], seconds: float, reason: str) -> None:
+        for w in watches:
+            w.ignore_pending()
+        events.emit(FreezeEvent("process_suspended", "*", round(seconds, 3), reason=reason),
+                    (), "info")
+
+    def _starved(self, watches: tuple[LoopWatch, ...], silent: float,
+                 own_before: float | None, loops_before: dict[LoopWatch, float | None]) -> bool:
+        """Was our silence an overloaded machine (we, or the GIL holder, sat on a
+        run queue) rather than a C call holding the GIL? See _sched."""
+        own = self._own_delay.read()
+        if own is None or own_before is None:
+            return False
+        waited = own - own_before
+        for w in watches:
+            before, after = loops_before.get(w), w.loop_run_delay()
+            if before is not None and after is not None:
+                waited = max(waited, (own - own_before) + (after - before))
+        return waited >= 0.5 * silent
+
     def _rounds(self) -> None:
+        # Opened on this thread: /proc/thread-self is the watchdog's own entry.
+        self._own_delay = RunDelay("/proc/thread-self/schedstat")
         expected = time.monotonic()
         cpu_before = time.process_time()
         wall_before = expected
+        own_before: float | None = None
+        loops_before: dict[LoopWatch, float | None] = {}
         while not self._stop.is_set():
             now = time.monotonic()
+            cpu_top = time.process_time()
             watches = self.watches
+            min_threshold = min((w.config.threshold for w in watches), default=1.0)
             # Guard against false alarms: if we woke far later than asked and
             # the process used little CPU meanwhile, the whole process was
             # stopped or starved (SIGSTOP, suspend, a throttled container) -
@@ -84,24 +111,29 @@ class Watchdog:
             late = now - expected
             silent = now - wall_before  # how long this thread could not run
             gil_capture = self._gil_round(now, watches, silent)
-            if watches and late > 0.5 * min(w.config.threshold for w in watches):
+            explained = False  # our silence had a cause other than a held GIL
+            if watches and silent > 0.5 * min_threshold and self._starved(
+                    watches, silent, own_before, loops_before):
+                explained = True
+                gil_capture = None  # what faulthandler saw was load, not a held GIL
+                self._suspended(watches, silent, "the machine was overloaded: the watchdog "
+                                "or the loop thread waited for a CPU")
+            elif watches and late > 0.5 * min_threshold:
                 cpu = time.process_time() - cpu_before
                 if cpu < 0.5 * (now - wall_before):
-                    for w in watches:
-                        # faulthandler saw this loop busy (not in its selector)
-                        # meanwhile: a GIL-held freeze, not a suspension.
-                        if not w.busy_in(gil_capture):
-                            w.ignore_pending()
-                    events.emit(FreezeEvent("process_suspended", "*", round(late, 3),
-                                            reason="the whole process was not running"),
-                                (), "info")
+                    explained = True
+                    # faulthandler saw a loop busy (not in its selector)
+                    # meanwhile: a GIL-held freeze, not a suspension.
+                    busy = [w for w in watches if w.busy_in(gil_capture)]
+                    self._suspended(tuple(w for w in watches if w not in busy), late,
+                                    "the whole process was not running")
             tops: dict[int, types.FrameType] | None = None
             for w in watches:
                 try:
                     if tops is None:
                         tops = thread_top_frames()
                     w.gil_capture = gil_capture  # valid for this round only
-                    w.watchdog_silent = silent
+                    w.watchdog_silent = 0.0 if explained else silent
                     w.tick(now, tops)
                 except Exception as e:  # boundary: one loop's round; the watchdog survives
                     self.errors += 1
@@ -110,7 +142,18 @@ class Watchdog:
                                                 reason=f"{type(e).__name__}: {e}"), (), "error")
             del tops
             _health.after_round(watches, now)  # gauges + systemd pings; never raises
+            # A stop that lands inside this round (after `now` was read) is not
+            # seen by the lateness check of the next round: check the round
+            # itself. A long round that used little CPU was stopped or waited on
+            # py-spy (which pauses us too): beats sent before it prove nothing.
+            spent = time.monotonic() - now
+            if watches and spent > 0.5 * min_threshold and (
+                    time.process_time() - cpu_top) < 0.5 * spent:
+                for w in watches:
+                    w.ignore_pending()
             wait = min((w.next_wake(time.monotonic()) for w in watches), default=0.1)
+            own_before = self._own_delay.read()
+            loops_before = {w: w.loop_run_delay() for w in watches}
             wall_before = time.monotonic()
             cpu_before = time.process_time()
             expected = wall_before + wait

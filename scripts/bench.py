@@ -590,7 +590,11 @@ class Bench:
             try:
                 fn()
             except Exception as e:  # one phase failing must not hide the others' figures
-                print(f"   !! {name} failed: {type(e).__name__}: {e}  (log: {self.log.name})")
+                print(f"   !! {name} failed: {type(e).__name__}: {e}; end of the workers' log:")
+                self.log.flush()
+                with contextlib.suppress(OSError), open(self.log.name, errors="replace") as f:
+                    for line in f.readlines()[-12:]:
+                        print(f"   | {line.rstrip()}")
                 self.rows.append(Row(name, f"FAILED: {e}", "", None))
         took = time.monotonic() - started
         self.summary(took, load1)

@@ -69,12 +69,16 @@ def _only_dump(dump_dir: Path) -> dict[str, Any]:
     return assert_contract(path)
 
 
-def test_regex_holding_gil_is_pinned_with_native_frames(dump_dir: Path, events: Any) -> None:
+@pytest.mark.parametrize(("layer", "captured_by"),
+                         [(False, "py-spy (sentinel)"), (True, "faulthandler")])
+def test_regex_holding_gil_is_pinned_with_native_frames(
+        layer: bool, captured_by: str, dump_dir: Path, events: Any) -> None:
     """A regex holding the GIL ~2.5 s gives a freeze dump: gil_held, exact line, sre C frame."""
     subject = _calibrate()
 
     async def main() -> float:
-        freezewatch.install(threshold=0.5, interval=0.05, dump_dir=str(dump_dir))
+        freezewatch.install(threshold=0.5, interval=0.05, dump_dir=str(dump_dir),
+                            faulthandler=layer)
         await asyncio.sleep(0.6)  # the sentinel is up and the timer armed
         t0 = time.monotonic()
         _EVIL.match(subject)  # pin: evil
@@ -88,7 +92,7 @@ def test_regex_holding_gil_is_pinned_with_native_frames(dump_dir: Path, events: 
     doc = wait_for(lambda: (d := _only_dump(dump_dir)).get("duration") and d, 20)
     file, line, code = _pin("evil")
     assert doc["gil_held"] is True
-    assert doc["captured_by"] == "faulthandler"
+    assert doc["captured_by"] == captured_by
     assert (doc["blocking_frame"]["file"], doc["blocking_frame"]["line"]) == (file, line)
     assert doc["blocking_frame"]["code"] == code
     assert doc["app_frame"]["line"] == line
@@ -108,11 +112,12 @@ def test_regex_holding_gil_is_pinned_with_native_frames(dump_dir: Path, events: 
 
 
 def test_gil_freeze_with_heartbeat_out_is_pinned(dump_dir: Path, events: Any) -> None:
-    """A heartbeat already sent when the GIL is taken: the dump still pins the regex line."""
+    """faulthandler on, a heartbeat out when the GIL is taken: the dump pins the regex line."""
     subject = _calibrate(1.5)
 
     async def main() -> None:
-        freezewatch.install(threshold=0.4, interval=0.05, dump_dir=str(dump_dir), native=False)
+        freezewatch.install(threshold=0.4, interval=0.05, dump_dir=str(dump_dir), native=False,
+                            faulthandler=True)
         await asyncio.sleep(0.3)
         time.sleep(0.15)  # busy (GIL released): the watchdog sends a beat, left unanswered
         _EVIL.match(subject)  # pin: beat-out
@@ -129,7 +134,7 @@ def test_gil_freeze_with_heartbeat_out_is_pinned(dump_dir: Path, events: Any) ->
 
 
 def test_faulthandler_off_gil_freeze_is_not_pinned(dump_dir: Path, events: Any) -> None:
-    """faulthandler=False: a GIL-held freeze gives no dump (no stack seen), only an event."""
+    """Both layers off (native=False, faulthandler=False): no stack seen, only an event."""
     subject = _calibrate(1.5)
 
     async def main() -> float:
@@ -175,7 +180,8 @@ def test_app_arming_after_install_is_detected_and_kept(dump_dir: Path, events: A
     """The app arms faulthandler after install(): an event says so and the app's timer fires."""
 
     async def main() -> None:
-        freezewatch.install(threshold=0.3, interval=0.05, dump_dir=str(dump_dir), native=False)
+        freezewatch.install(threshold=0.3, interval=0.05, dump_dir=str(dump_dir), native=False,
+                            faulthandler=True)
         await asyncio.sleep(0.3)  # our timer is armed and re-armed
         wd = _state.watchdog
         assert wd is not None and wd.gil.timer.rearms > 0
@@ -196,7 +202,8 @@ def test_timer_rearm_rate_is_bounded(dump_dir: Path) -> None:
     """The faulthandler timer is re-armed about every threshold/2, not every heartbeat."""
 
     async def main() -> int:
-        freezewatch.install(threshold=0.4, interval=0.02, dump_dir=str(dump_dir), native=False)
+        freezewatch.install(threshold=0.4, interval=0.02, dump_dir=str(dump_dir), native=False,
+                            faulthandler=True)
         await asyncio.sleep(0.2)
         wd = _state.watchdog
         assert wd is not None
