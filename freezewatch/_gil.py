@@ -162,3 +162,12 @@ def python_frames(native: Native, thread_id: int | None) -> tuple[Frame, ...] | 
             )
             return frames or None
     return None
+
+
+def holds_gil_in_c(native: Native, thread_id: int | None) -> bool:
+    """py-spy saw this thread owning the GIL with a C function innermost (a
+    regex engine, a parser, an extension): a held GIL, not Python code running."""
+    for t in native.threads:
+        if t.thread_id == thread_id:
+            return t.owns_gil and bool(t.frames) and t.frames[-1].native
+    return False

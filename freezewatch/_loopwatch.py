@@ -133,6 +133,7 @@ class LoopWatch:
         # A GIL-held freeze pinned on the sentinel's py-spy capture (frames, native).
         self._sentinel_pin: tuple[tuple[Frame, ...], Native] | None = None
         self._rd: RunDelay | None = None
+        self._sent_rd: float | None = None
         self._rd_tid: int | None = None
         self.watchdog_silent = 0.0  # seconds the watchdog could not run before this round
         self._woke_at = -1e9  # when the watchdog last came back from such a silence
@@ -221,6 +222,21 @@ class LoopWatch:
             self._rd.close()
             self._rd = None
 
+    def _loop_starved(self, age: float) -> bool:
+        """The loop thread spent half the heartbeat's age waiting for a CPU: an
+        overloaded machine or a throttled container, not a frozen loop. The beat
+        is measured afresh, so a loop that is also frozen is still caught."""
+        rd, before = self.loop_run_delay(), self._sent_rd
+        if rd is None or before is None or rd - before < 0.5 * age:
+            return False
+        self.ignore_pending()
+        self._sent_rd = rd
+        _report.emit(self, FreezeEvent(
+            "process_suspended", self.name, round(age, 3),
+            reason=f"the loop thread waited {rd - before:.2f} s for a CPU (machine overloaded)"),
+            "info")
+        return True
+
     def ignore_pending(self) -> None:
         """The process was suspended as a whole: the pending beat proves nothing.
 
@@ -256,7 +272,8 @@ class LoopWatch:
                 if self._freeze is not None:
                     self._end_freeze(lag)
                 else:
-                    if lag >= cfg.threshold and self.allow_depth == 0:
+                    if (lag >= cfg.threshold and self.allow_depth == 0
+                            and not self._loop_starved(lag)):
                         self._late_freeze(lag)
         if self.gil_capture is not None and self._freeze is None and not self._pending:
             self._silent_gil_freeze()
@@ -275,6 +292,8 @@ class LoopWatch:
             if self._freeze is None:
                 if (age >= cfg.threshold and self.allow_depth == 0
                         and self._sent_seq != self._ignored_seq and not self._just_woke(now)):
+                    if self._loop_starved(age):
+                        return
                     self._declare(now, age, tops)
             elif now >= self._freeze.next_update:
                 self._update(now, age)
@@ -296,6 +315,10 @@ class LoopWatch:
         # Stamp the send itself, not the round's start: under GIL contention a
         # round can take a while, and a stale stamp would add its length to
         # the measured lag (a busy, healthy loop would look frozen).
+        # Read before the stamp: os.pread releases the GIL, and a busy loop can
+        # keep it from us for a while (select(0) convoy); that wait must not
+        # count as the loop's lag.
+        self._sent_rd = self.loop_run_delay()
         self._sent_at = self._last_real_beat = time.monotonic()
         self._pending = True
         try:
@@ -542,7 +565,7 @@ class LoopWatch:
             self._freeze.doc["duration_measured_by"] = "watchdog silence"
         self._end_freeze(cap.silent)
 
-    def _pin_from_sentinel(self, since: float) -> bool:
+    def _pin_from_sentinel(self, since: float, need_held_gil: bool = False) -> bool:
         """Pin a GIL-held freeze on the loop thread's Python stack from the
         sentinel's py-spy capture taken during it (the default way: no
         faulthandler timer, which is unsafe when it fires while Python runs)."""
@@ -556,6 +579,8 @@ class LoopWatch:
         idle_at = (os.path.abspath(code.co_filename), self._idle_line) if code else None
         if frames is None or _gil.idle(frames, idle_at):
             return False
+        if need_held_gil and not _gil.holds_gil_in_c(native, self._thread_id):
+            return False
         self._sentinel_pin = (frames, native)
         return True
 
@@ -564,7 +589,14 @@ class LoopWatch:
         the machine was loaded, see _watchdog) while no heartbeat was out: if
         the sentinel caught the loop thread busy meanwhile, a C call held the GIL."""
         silent = self.watchdog_silent
-        if self.allow_depth or not self._pin_from_sentinel(now - silent):
+        start, answered = now - silent, self._answered_at
+        if start < answered and max(answered - start, now - answered) < self.config.threshold:
+            return  # the loop ran Python (answered a beat) inside the silence: not frozen
+        # No heartbeat was out, so nothing proves the loop stopped answering: a
+        # busy loop can also starve the watchdog of the GIL (select(0) convoy).
+        # Only py-spy's view of the loop thread owning the GIL inside a C
+        # function proves a held GIL.
+        if self.allow_depth or not self._pin_from_sentinel(start, need_held_gil=True):
             return
         self.late_freezes += 1
         self._declare(now, silent, {}, late=True, since=now - silent)

@@ -16,8 +16,11 @@ by both sides:
     offset 24  u64  captures written by the sentinel
     offset 32  u64  1 while the sentinel's py-spy runs
 
-The sentinel wakes every ``threshold / 5`` s (at most 0.1 s). When the
-counter has not moved for ``threshold`` seconds it runs py-spy against the
+The sentinel wakes every ``threshold / 4`` s (0.05 to 0.25 s). When the
+counter has not moved for ``threshold`` seconds (at least MIN_SILENCE: on a
+loaded machine the watchdog can be late by a few hundred milliseconds
+without any held GIL, and py-spy pauses the whole process, so a sentinel that
+fired on such a delay would itself freeze the application) it runs py-spy against the
 parent once (the time limit is enforced right there, outside the frozen
 process: SIGINT, then SIGKILL to py-spy's process group, then SIGCONT to the
 parent if it was left stopped) and writes py-spy's raw output to
@@ -50,6 +53,8 @@ import tempfile
 import time
 
 _LAYOUT = struct.Struct("<QddQQ")
+MIN_SILENCE = 1.0
+"""Seconds of watchdog silence before the sentinel pauses the process with py-spy."""
 _SIZE = 64
 RESULT = "native.json"
 
@@ -115,7 +120,7 @@ class Sentinel:
             _LAYOUT.pack_into(self._mm, 0, 0, 0.0, threshold, 0, 0)
             rfd, self._wfd = os.pipe()  # both non-inheritable; rfd is passed explicitly
             self._dir = tempfile.mkdtemp(prefix="freezewatch-sentinel-")
-            poll = max(0.02, min(0.1, threshold / 5))
+            poll = max(0.05, min(0.25, threshold / 4))
             argv = [sys.executable, "-I", "-S", os.path.abspath(__file__), str(os.getpid()),
                     str(mfd), str(rfd), self._dir, f"{limit:g}", f"{poll:g}",
                     *pyspy_argv(pyspy, os.getpid())]
@@ -255,7 +260,7 @@ def main(argv: list[str]) -> int:
             if count != last or stand_down > now:
                 last, last_change, done_for_this_stall = count, now, False
                 continue
-            if done_for_this_stall or now - last_change < threshold:
+            if done_for_this_stall or now - last_change < max(threshold, MIN_SILENCE):
                 continue
             # The watchdog has been silent for a threshold: take the native
             # trace now, while whatever holds the GIL still holds it.

@@ -161,6 +161,9 @@ async def _capture(a: argparse.Namespace) -> None:
             tasks.append(loop.create_task(shapes[len(tasks) % len(shapes)]()))
         for _ in range(3):
             await asyncio.sleep(0)  # every new task has run to its first await
+        # Starting 100,000 tasks keeps the loop busy past the threshold (a real
+        # freeze): let its dump and its end pass before the measured freezes.
+        await asyncio.sleep(3 * a.threshold)
         for _ in range(a.reps):
             await asyncio.to_thread(sys.stdin.readline)  # "next" from bench.py
             t_mono, t_wall = time.monotonic(), time.time()

@@ -86,9 +86,9 @@ class Child:
 
     env: dict[str, str] | None = None  # set once by Bench
 
-    def __init__(self, args: list[str], log: IO[bytes]) -> None:
+    def __init__(self, args: list[str], log: IO[bytes], pyopts: tuple[str, ...] = ()) -> None:
         self.proc = subprocess.Popen(
-            [PY, WORKER, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [PY, *pyopts, WORKER, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=log, text=True, bufsize=1, env=Child.env,
         )
         self.pid = self.proc.pid
@@ -117,8 +117,13 @@ class Child:
 
     def send(self, line: str) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            rc = self.proc.wait(5)
+            why = f"killed by signal {-rc}" if rc < 0 else f"exit code {rc}"
+            raise RuntimeError(f"worker {self.pid} died ({why})") from None
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -436,7 +441,8 @@ class Bench:
             gap = 1.5 if native else 0.3
             app = Child(["freezes", "--n", str(n), "--threshold", str(THRESHOLD),
                          "--block", str(1.5 * THRESHOLD), "--gap", str(gap), "--dump-dir", d,
-                         *(["--native"] if native else [])], self.log)
+                         *(["--native"] if native else [])], self.log,
+                        pyopts=("-X", "faulthandler"))
             kids.append(app)
             while True:
                 parts = app.expect("block" if len(blocks) < n else "done", 60)
@@ -491,17 +497,30 @@ class Bench:
         poller.start()
         results: dict[int, list[tuple[float, float, int, int, int, int]]] = {s: [] for s in sizes}
         with self.children() as kids:
+            # -X faulthandler: a crash of the worker leaves its Python stacks in the log.
             app = Child(["capture", "--sizes", ",".join(map(str, sizes)), "--reps",
                          str(a.capture_reps), "--threshold", str(THRESHOLD), "--dump-dir", d],
-                        self.log)
+                        self.log, pyopts=("-X", "faulthandler"))
             kids.append(app)
             for size in sizes:
                 for _ in range(a.capture_reps):
                     known = set(poller.seen)
                     app.send("next")
                     parts = app.expect("block", 120)
-                    t_mono = float(parts[2])
-                    name = poller.wait_new(known, 60)
+                    t_mono, t_wall = float(parts[2]), float(parts[3])
+                    # Growing to N tasks can itself stall the loop past the threshold:
+                    # only a dump detected after this block started is this block's.
+                    name = None
+                    deadline = time.monotonic() + 60
+                    while name is None and time.monotonic() < deadline:
+                        cand = poller.wait_new(known, deadline - time.monotonic())
+                        if cand is None:
+                            break
+                        known.add(cand)
+                        with contextlib.suppress(Exception):
+                            doc = json.loads(Path(d, cand).read_text())
+                            if float(doc["detected_at"]) >= t_wall:
+                                name = cand
                     app.send("go")  # end the freeze
                     app.expect("released", 30)
                     if name is None:
