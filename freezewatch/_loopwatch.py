@@ -19,7 +19,7 @@ import time
 import types
 from typing import Any
 
-from . import _gil, _report, _state
+from . import _gil, _idle, _report, _state
 from ._config import Config
 from ._events import FreezeEvent
 from ._faulthandler import Capture
@@ -117,6 +117,10 @@ class LoopWatch:
         self._idle_code: types.CodeType | None = None
         self._idle_line = -1
         self._learned = False
+        # Selector wrapper that lets the watchdog park while the loop is idle.
+        self.idle: _idle.IdleState | None = None
+        self._idle_tried = False
+        self._exits_seen = -1
         self._beat_cb = self._beat  # bound once: no allocation per beat
         # allow_blocking(): depth > 0 suppresses; a beat sent before the last
         # exit is measured from that exit.
@@ -303,11 +307,41 @@ class LoopWatch:
             self._scan_stalls(now)
         if now >= self._next_wait_sample and loop.is_running():
             self._next_wait_sample = now + self.waits.sample(loop, now)
+        if self.idle is None and not self._idle_tried and loop.is_running():
+            self._idle_tried = True
+            wd = _state.watchdog
+            state = _idle.IdleState(wd.wake if wd is not None else (lambda: None))
+            self.idle = state if _idle.attach(loop, state) else None
+        if self.idle is not None:
+            self._exits_seen = self.idle.exits
         if not loop.is_running() or now - self._sent_at < cfg.interval:
             return
         if self._is_idle(tops) and now - self._last_real_beat < cfg.idle_beat_every:
             return
         self._send(now)
+
+    def park_for(self, now: float) -> float | None:
+        """Seconds the watchdog may sleep on this loop's behalf, counting on its
+        selector wrapper to wake it (None: keep polling). Sets ``parked``; the
+        watchdog clears it when it does not park after all."""
+        st, cfg = self.idle, self.config
+        if (st is None or self._pending or self._freeze is not None or self.inflight
+                or self.allow_depth or not st.in_select or st.exits != self._exits_seen):
+            return None
+        st.parked = True
+        if not st.in_select or st.exits != self._exits_seen:  # left select meanwhile
+            st.parked = False
+            return None
+        return max(0.0, self._last_real_beat + cfg.idle_beat_every - now)
+
+    def unpark(self) -> None:
+        if self.idle is not None:
+            self.idle.parked = False
+
+    def detach_idle(self) -> None:
+        if self.idle is not None and self.loop is not None:
+            _idle.detach(self.loop)
+            self.idle = None
 
     def _send(self, now: float) -> None:
         assert self.loop is not None
@@ -327,6 +361,8 @@ class LoopWatch:
             self._pending = False
 
     def _is_idle(self, tops: dict[int, types.FrameType]) -> bool:
+        if self.idle is not None:
+            return self.idle.in_select
         top = tops.get(self._thread_id) if self._thread_id is not None else None
         if top is None:
             return False

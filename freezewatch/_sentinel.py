@@ -16,7 +16,7 @@ by both sides:
     offset 24  u64  captures written by the sentinel
     offset 32  u64  1 while the sentinel's py-spy runs
 
-The sentinel wakes every ``threshold / 4`` s (0.05 to 0.25 s). When the
+The sentinel wakes every ``threshold / 2`` s (0.05 to 0.5 s). When the
 counter has not moved for ``threshold`` seconds (at least MIN_SILENCE: on a
 loaded machine the watchdog can be late by a few hundred milliseconds
 without any held GIL, and py-spy pauses the whole process, so a sentinel that
@@ -120,7 +120,7 @@ class Sentinel:
             _LAYOUT.pack_into(self._mm, 0, 0, 0.0, threshold, 0, 0)
             rfd, self._wfd = os.pipe()  # both non-inheritable; rfd is passed explicitly
             self._dir = tempfile.mkdtemp(prefix="freezewatch-sentinel-")
-            poll = max(0.05, min(0.25, threshold / 4))
+            poll = max(0.05, min(0.5, threshold / 2))
             argv = [sys.executable, "-I", "-S", os.path.abspath(__file__), str(os.getpid()),
                     str(mfd), str(rfd), self._dir, f"{limit:g}", f"{poll:g}",
                     *pyspy_argv(pyspy, os.getpid())]

@@ -22,15 +22,21 @@ from ._sinks.log import events
 from ._snapshot.frames import thread_top_frames
 
 THREAD_NAME = "freezewatch-watchdog"
+MAX_PARK = 0.45
+"""Longest parked sleep: below the sentinel's 1 s and faulthandler's threshold/2 re-arm."""
 
 
 class Watchdog:
     def __init__(self) -> None:
-        self._stop = threading.Event()
+        # One event for both reasons to wake early: stop(), and a parked
+        # watchdog's loop leaving its selector (see _idle).
+        self._event = threading.Event()
+        self._stopping = False
         # Replaced as a whole (copy-on-write) by install/uninstall; the
         # watchdog reads the reference once per round, so it needs no lock.
         self.watches: tuple[LoopWatch, ...] = ()
         self.errors = 0
+        self.rounds = 0  # rounds run (tests and benchmarks: parking shows here)
         # faulthandler timer + sentinel process: see what this thread cannot
         # (a C call holding the GIL). Used by this thread only.
         self.gil = GilLayers()
@@ -49,7 +55,8 @@ class Watchdog:
         return self._thread.ident
 
     def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
+        self._stopping = True
+        self._event.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
@@ -69,6 +76,30 @@ class Watchdog:
             self._rounds()
         finally:
             self.gil.close()  # cancel our faulthandler timer, let the sentinel go
+
+    def wake(self) -> None:
+        """Called on a loop thread when its loop leaves select() while we are parked."""
+        self._event.set()
+
+    def _park(self, watches: tuple[LoopWatch, ...], min_threshold: float) -> float | None:
+        """Sleep longer than ``interval`` when every loop waits in its selector.
+
+        Capped below what the sentinel and the faulthandler timer tolerate: both
+        take a silent watchdog for a held GIL."""
+        if not watches:
+            return None
+        now = time.monotonic()
+        waits = []
+        for w in watches:
+            sleep = w.park_for(now)
+            if sleep is None:
+                for x in watches:
+                    x.unpark()
+                return None
+            waits.append(sleep)
+        # 0.9: a full parked sleep must stay below the half threshold at which
+        # a silence starts to count as "the watchdog could not run".
+        return min([*waits, 0.9 * min_threshold / 2, MAX_PARK])
 
     def _suspended(self, watches: tuple[LoopWatch, ...], seconds: float, reason: str) -> None:
         for w in watches:
@@ -98,7 +129,9 @@ class Watchdog:
         wall_before = expected
         own_before: float | None = None
         loops_before: dict[LoopWatch, float | None] = {}
-        while not self._stop.is_set():
+        while not self._stopping:
+            self._event.clear()  # a wake-up after this point makes the next wait return
+            self.rounds += 1
             now = time.monotonic()
             cpu_top = time.process_time()
             watches = self.watches
@@ -152,9 +185,12 @@ class Watchdog:
                 for w in watches:
                     w.ignore_pending()
             wait = min((w.next_wake(time.monotonic()) for w in watches), default=0.1)
+            parked = self._park(watches, min_threshold)
+            if parked is not None:
+                wait = parked
             own_before = self._own_delay.read()
             loops_before = {w: w.loop_run_delay() for w in watches}
             wall_before = time.monotonic()
             cpu_before = time.process_time()
             expected = wall_before + wait
-            self._stop.wait(wait)
+            self._event.wait(wait)

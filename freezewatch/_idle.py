@@ -1,0 +1,81 @@
+"""Let an idle loop park the watchdog, and wake it the moment the loop wakes.
+
+A loop waiting in its selector cannot be frozen, so the watchdog need not
+wake every ``interval`` to look at it: that polling is most of freezewatch's
+cost on an idle service (each wake-up is a context switch and a Python
+round). For loops with a Python-level selector (asyncio's selector loops) we
+wrap the loop's selector: the wrapper records that the loop sits in
+``select()`` and, when the loop leaves it while the watchdog is parked, sets
+the watchdog's event. The watchdog then sleeps up to ``idle_beat_every``
+while every loop is idle, yet sees a loop that wakes up at once.
+
+Cost on the loop thread: one Python call and three attribute stores per
+loop iteration (about 0.3 µs); the event is set only on the first wake-up
+after the watchdog parked. uvloop has no Python selector: it keeps the
+polling watchdog (with the idle-frame heartbeat skip).
+
+Races: the wrapper writes ``in_select``/``exits`` before it reads
+``parked``; the watchdog writes ``parked`` before it re-reads them. Under
+the GIL one of the two always sees the other's write, so a wake-up is never
+lost (the watchdog un-parks itself when it sees the loop moved).
+"""
+
+from __future__ import annotations
+
+import selectors
+from collections.abc import Callable
+from typing import Any
+
+
+class IdleState:
+    """Shared by one loop's selector wrapper (loop thread) and its LoopWatch (watchdog)."""
+
+    __slots__ = ("exits", "in_select", "parked", "wake")
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self.in_select = False  # inside select() with a timeout that is not 0
+        self.exits = 0  # select() calls completed
+        self.parked = False  # the watchdog sleeps, counting on us to wake it
+        self.wake = wake
+
+
+class WakingSelector:
+    """A selector proxy: the loop's own selector, plus the idle bookkeeping."""
+
+    def __init__(self, inner: selectors.BaseSelector, state: IdleState) -> None:
+        self._fw_inner = inner
+        self._fw_state = state
+
+    def select(self, timeout: float | None = None) -> Any:
+        st = self._fw_state
+        # select(0) is a poll between ready callbacks: busy, not idle.
+        st.in_select = timeout is None or timeout > 0
+        try:
+            return self._fw_inner.select(timeout)
+        finally:
+            st.in_select = False
+            st.exits += 1
+            if st.parked:
+                st.parked = False
+                st.wake()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fw_inner, name)
+
+
+def attach(loop: Any, state: IdleState) -> bool:
+    """Wrap ``loop``'s selector; False for loops without a Python selector (uvloop)."""
+    sel = getattr(loop, "_selector", None)
+    if isinstance(sel, WakingSelector):
+        sel._fw_state = state
+        return True
+    if not isinstance(sel, selectors.BaseSelector):
+        return False
+    loop._selector = WakingSelector(sel, state)
+    return True
+
+
+def detach(loop: Any) -> None:
+    sel = getattr(loop, "_selector", None)
+    if isinstance(sel, WakingSelector):
+        loop._selector = sel._fw_inner

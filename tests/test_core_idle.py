@@ -1,0 +1,41 @@
+"""An idle loop lets the watchdog sleep; leaving the selector wakes it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import freezewatch
+from conftest import assert_contract
+from freezewatch import _state
+
+
+def test_idle_loop_parks_the_watchdog_and_a_freeze_from_idle_is_caught(
+        dump_dir: Path, events: Any) -> None:
+    """2 s idle at interval 0.05 costs a handful of watchdog rounds, not ~40; then a freeze is pinned."""
+
+    async def main() -> tuple[int, float]:
+        freezewatch.install(threshold=0.5, interval=0.05, dump_dir=str(dump_dir), native=False)
+        await asyncio.sleep(0.5)
+        wd = _state.watchdog
+        assert wd is not None
+        before = wd.rounds
+        await asyncio.sleep(2.0)
+        idle_rounds = wd.rounds - before
+        t0 = time.monotonic()
+        time.sleep(1.2)  # pin: from-idle
+        await asyncio.sleep(0.2)
+        return idle_rounds, t0
+
+    idle_rounds, _ = asyncio.run(main())
+    assert idle_rounds <= 16, f"{idle_rounds} rounds in 2 s idle: the watchdog did not park"
+    events.wait("freeze_ended")
+    (path,) = sorted(dump_dir.glob("freeze-*.json"))
+    doc = assert_contract(path)
+    src = Path(__file__).read_text().splitlines()
+    line = next(i for i, s in enumerate(src, 1) if s.strip().endswith("# pin: from-idle"))
+    assert (doc["blocking_frame"]["file"], doc["blocking_frame"]["line"]) == (__file__, line)
+    # Detected while frozen, well before the block ended (the wake-up was not lost).
+    assert doc["blocked_for"] < 1.0
