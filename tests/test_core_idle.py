@@ -7,14 +7,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import freezewatch
 from conftest import assert_contract
+
+import freezewatch
 from freezewatch import _state
 
 
 def test_idle_loop_parks_the_watchdog_and_a_freeze_from_idle_is_caught(
         dump_dir: Path, events: Any) -> None:
-    """2 s idle at interval 0.05 costs a handful of watchdog rounds, not ~40; then a freeze is pinned."""
+    """2 s idle at interval 0.05: a few watchdog rounds, not ~40; a later freeze is pinned."""
 
     async def main() -> tuple[int, float]:
         freezewatch.install(threshold=0.5, interval=0.05, dump_dir=str(dump_dir), native=False)
