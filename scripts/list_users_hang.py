@@ -19,49 +19,15 @@ import json
 import logging
 import os
 import sys
-import threading
 import time
 
-from aiohttp import web
+from _users_service import start_users_service
 
 import freezewatch
 
 HOLD_BODY = float(os.environ.get("DEMO_HOLD", "4"))  # seconds the server withholds the body
 DUMP_DIR = os.path.abspath(os.environ.get("FREEZEWATCH_DUMP_DIR", "freezewatch-dumps"))
 log = logging.getLogger("app")
-
-
-# --- the remote "users" service: headers at once, body after HOLD_BODY s ------
-async def list_users(request: web.Request) -> web.StreamResponse:
-    body = json.dumps([{"id": i, "name": f"user{i}"} for i in range(3)]).encode()
-    resp = web.StreamResponse(headers={"Content-Type": "application/json",
-                                       "Content-Length": str(len(body))})
-    await resp.prepare(request)  # status line + headers go out now
-    await asyncio.sleep(HOLD_BODY)  # ... and the body does not
-    await resp.write(body)
-    await resp.write_eof()
-    return resp
-
-
-def start_users_service() -> int:
-    ready: list[int] = []
-    started = threading.Event()
-
-    async def serve() -> None:
-        app = web.Application()
-        app.router.add_get("/list-users", list_users)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        ready.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-        started.set()
-        await asyncio.Event().wait()
-
-    threading.Thread(target=asyncio.run, args=(serve(),), name="users-service",
-                     daemon=True).start()
-    started.wait(10)
-    return ready[0]
 
 
 # --- the application ------------------------------------------------------
@@ -93,7 +59,7 @@ async def main(port: int) -> None:
     loop = asyncio.get_running_loop()
 
     def on_freeze(ev: freezewatch.FreezeEvent) -> None:  # runs on freezewatch's event thread
-        if ev.event == "freeze_ended":
+        if ev.event == "freeze_ended" and not loop.is_closed():
             loop.call_soon_threadsafe(ended.set)
 
     freezewatch.install(threshold=1, dump_dir=DUMP_DIR, on_freeze=on_freeze)
@@ -140,6 +106,6 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         stream=sys.stdout)
     t0 = time.time()
-    port = start_users_service()
+    port = start_users_service(HOLD_BODY)
     asyncio.run(main(port))
     sys.exit(report(t0))

@@ -59,6 +59,18 @@ def wait_for(pred: Callable[[], Any], timeout: float = 10.0, every: float = 0.02
         time.sleep(every)
 
 
+def line_of(file: str, marker: str) -> int:
+    """The line of ``file`` that carries ``marker`` (a comment at the line under test)."""
+    lines = Path(file).read_text().splitlines()
+    (hit,) = [i for i, text in enumerate(lines, 1) if text.rstrip().endswith(marker)]
+    return hit
+
+
+def dumps(dump_dir: Path, prefix: str = "") -> list[Path]:
+    """The .json dumps in ``dump_dir`` (none if it does not exist), sorted by name."""
+    return sorted(dump_dir.glob(f"{prefix}*.json")) if dump_dir.exists() else []
+
+
 @pytest.fixture(autouse=True)
 def _reset_freezewatch() -> Iterator[None]:
     yield

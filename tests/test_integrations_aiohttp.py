@@ -13,23 +13,12 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import assert_contract, wait_for
+from conftest import assert_contract, dumps, line_of, wait_for
 
 import freezewatch
 import freezewatch.aiohttp
 
 FAST = {"threshold": 0.3, "interval": 0.05, "native": False}
-
-
-def line_of(marker: str) -> int:
-    """The line of this file that carries ``marker`` (a comment at the line under test)."""
-    lines = Path(__file__).read_text().splitlines()
-    (hit,) = [i for i, text in enumerate(lines, 1) if text.rstrip().endswith(marker)]
-    return hit
-
-
-def dumps(dump_dir: Path, prefix: str = "") -> list[Path]:
-    return sorted(dump_dir.glob(f"{prefix}*.json")) if dump_dir.exists() else []
 
 
 class ServerThread:
@@ -135,7 +124,7 @@ def test_client_stall_pins_await_line_and_request_phase(dump_dir: Path, events: 
     assert handle.freezes == 0
     (path,) = dumps(dump_dir, "stall-")
     doc = assert_contract(path)
-    line = line_of("# AWAIT-BODY")
+    line = line_of(__file__, "# AWAIT-BODY")
     assert doc["app_frame"]["file"] == __file__ and doc["app_frame"]["line"] == line
     assert doc["app_frame"]["code"] == "return await resp.read()  # AWAIT-BODY"
     chain = doc["await_chain"]
@@ -205,7 +194,7 @@ def test_aiohttp_handler_freeze_names_request(dump_dir: Path, events: Any) -> No
     doc = assert_contract(path)
     assert doc["loop"]["thread_name"] == "aiohttp-server"
     assert doc["blocking_frame"]["file"] == __file__
-    assert doc["blocking_frame"]["line"] == line_of("# FREEZE-AIOHTTP")
+    assert doc["blocking_frame"]["line"] == line_of(__file__, "# FREEZE-AIOHTTP")
     req = doc["request"]
     assert (req["name"], req["kind"], req["request_id"]) == ("GET /reports/today", "server",
                                                            "req-7")

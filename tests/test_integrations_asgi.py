@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 import structlog
-from conftest import assert_contract, wait_for
+from conftest import assert_contract, dumps, line_of, wait_for
 
 from freezewatch import _state
 from freezewatch.asgi import FreezewatchMiddleware
@@ -24,17 +24,6 @@ fastapi = pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 
 FAST = {"threshold": 0.3, "interval": 0.05, "native": False}
-
-
-def line_of(marker: str) -> int:
-    """The line of this file that carries ``marker`` (a comment at the line under test)."""
-    lines = Path(__file__).read_text().splitlines()
-    (hit,) = [i for i, text in enumerate(lines, 1) if text.rstrip().endswith(marker)]
-    return hit
-
-
-def dumps(dump_dir: Path, prefix: str = "") -> list[Path]:
-    return sorted(dump_dir.glob(f"{prefix}*.json")) if dump_dir.exists() else []
 
 
 @contextmanager
@@ -98,7 +87,7 @@ def test_fastapi_endpoint_freeze_names_request_and_line(dump_dir: Path, events: 
     doc = assert_contract(path)
     assert doc["loop"]["thread_name"] == name
     assert doc["blocking_frame"]["file"] == __file__
-    assert doc["blocking_frame"]["line"] == line_of("# FREEZE-FASTAPI")
+    assert doc["blocking_frame"]["line"] == line_of(__file__, "# FREEZE-FASTAPI")
     assert doc["blocking_frame"]["function"].endswith("daily_report")
     req = doc["request"]
     assert (req["name"], req["kind"], req["request_id"]) == ("GET /reports/daily", "server",
@@ -136,7 +125,7 @@ def test_asgi_request_that_never_ends_gives_stall_dump(dump_dir: Path, events: A
     assert doc["stalled"]["name"] == "GET /hang"
     assert doc["stalled"]["request_id"] == "hang-1"
     assert doc["app_frame"]["file"] == __file__
-    assert doc["app_frame"]["line"] == line_of("# ASGI-HANG")
+    assert doc["app_frame"]["line"] == line_of(__file__, "# ASGI-HANG")
     assert handle.freezes == 0
 
 

@@ -11,23 +11,12 @@ from typing import Any
 
 import pytest
 import structlog
-from conftest import assert_contract
+from conftest import assert_contract, dumps, line_of
 
 import freezewatch
 from freezewatch._snapshot.waits import WaitSampler
 
 FAST = {"threshold": 0.3, "interval": 0.05, "native": False}
-
-
-def line_of(marker: str) -> int:
-    """The line of this file that carries ``marker`` (a comment at the line under test)."""
-    lines = Path(__file__).read_text().splitlines()
-    (hit,) = [i for i, text in enumerate(lines, 1) if text.rstrip().endswith(marker)]
-    return hit
-
-
-def dumps(dump_dir: Path, prefix: str = "") -> list[Path]:
-    return sorted(dump_dir.glob(f"{prefix}*.json")) if dump_dir.exists() else []
 
 
 def run(coro: Any, loop_kind: str = "asyncio") -> Any:
@@ -83,7 +72,7 @@ def test_overdue_watch_writes_one_stall_dump_with_await_chain(dump_dir: Path, ev
     handle = run(main(), loop_kind)
     (path,) = dumps(dump_dir, "stall-")
     doc = assert_contract(path)
-    line = line_of("# STALL-AWAIT")
+    line = line_of(__file__, "# STALL-AWAIT")
     assert doc["kind"] == "stall"
     assert doc["stalled"]["name"] == "reconcile"
     assert doc["stalled"]["task"] == "reconcile-task"
@@ -117,7 +106,7 @@ def test_open_watch_is_listed_in_freeze_dump(dump_dir: Path, events: Any) -> Non
     events.wait("freeze_ended")
     (path,) = dumps(dump_dir, "freeze-")
     doc = assert_contract(path)
-    assert doc["blocking_frame"]["line"] == line_of("# FREEZE-IN-WATCH")
+    assert doc["blocking_frame"]["line"] == line_of(__file__, "# FREEZE-IN-WATCH")
     (unit,) = doc["inflight"]
     assert unit["name"] == "nightly-report" and unit["kind"] == "watch"
     assert unit["task"] == "report-task" and unit["in_blocking_task"] is True
@@ -190,7 +179,7 @@ def test_wait_ages_per_task_group(dump_dir: Path, events: Any) -> None:
     doc = assert_contract(path)
     (group,) = [g for g in doc["tasks"] if g["coroutine"].endswith("parked")]
     assert group["count"] == 20
-    assert group["await_chain"][0]["line"] == line_of("# PARKED")
+    assert group["await_chain"][0]["line"] == line_of(__file__, "# PARKED")
     assert group["waiting"] >= 1.0  # first seen by a sample >= 1 s before the freeze
     assert group["waiting_longest"] >= group["waiting"]
     (moving,) = [g for g in doc["tasks"] if g["names"] == ["mover"]]
@@ -258,7 +247,7 @@ def test_frozen_loop_in_thread_reported_alone(dump_dir: Path, events: Any,
     doc = assert_contract(path)
     assert doc["loop"]["thread_name"] == "telegram-client"
     assert doc["loop"]["name"] == "telegram-client"
-    assert doc["blocking_frame"]["line"] == line_of("# FREEZE-BG-THREAD")
+    assert doc["blocking_frame"]["line"] == line_of(__file__, "# FREEZE-BG-THREAD")
     assert [u["name"] for u in doc["inflight"]] == ["telegram-poll"]
     assert main_handle.freezes == 0 and bg_handle[0].freezes == 1
     assert [e["loop"] for e in events.named("freeze_detected")] == ["telegram-client"]
