@@ -29,6 +29,7 @@ from ._inflight import snapshot as inflight_snapshot
 from ._sched import RunDelay
 from ._sinks import metrics as _metrics
 from ._sinks.log import Hook
+from ._snapshot import kernel as _kernel
 from ._snapshot.capture import capture
 from ._snapshot.model import NATIVE_OFF, NATIVE_PENDING, Frame, InflightUnit, LoopInfo, Native
 from ._snapshot.native import find_pyspy
@@ -122,6 +123,7 @@ class LoopWatch:
         self._idle_tried = False
         self._exits_seen = -1
         self._beat_cb = self._beat  # bound once: no allocation per beat
+        _kernel.watch_gc()  # a flag while a collection runs: cause "garbage collection"
         # allow_blocking(): depth > 0 suppresses; a beat sent before the last
         # exit is measured from that exit.
         self.allow_depth = 0
@@ -138,6 +140,7 @@ class LoopWatch:
         self._sentinel_pin: tuple[tuple[Frame, ...], Native] | None = None
         self._rd: RunDelay | None = None
         self._sent_rd: float | None = None
+        self._sent_cpu: _kernel.CpuSample | None = None
         self._rd_tid: int | None = None
         self.watchdog_silent = 0.0  # seconds the watchdog could not run before this round
         self._woke_at = -1e9  # when the watchdog last came back from such a silence
@@ -353,6 +356,9 @@ class LoopWatch:
         # keep it from us for a while (select(0) convoy); that wait must not
         # count as the loop's lag.
         self._sent_rd = self.loop_run_delay()
+        # The loop thread's CPU clock at the send (no syscall that releases
+        # the GIL): a freeze's dump compares against it (spinning or blocked).
+        self._sent_cpu = _kernel.cpu_sample(self._thread_id)
         self._sent_at = self._last_real_beat = time.monotonic()
         self._pending = True
         try:
@@ -450,6 +456,7 @@ class LoopWatch:
             blocked_for=time.monotonic() - start, threshold=cfg.threshold,
             inflight=self._inflight_records(now),
             native=NATIVE_PENDING if cfg.native else NATIVE_OFF, waits=self.waits,
+            cpu_before=self._sent_cpu,
         )
         by = "py-spy (sentinel)" if self._sentinel_pin else "faulthandler"
         if gil_frames is not None:
@@ -457,6 +464,7 @@ class LoopWatch:
             # captured during the freeze.
             snap = _gil.pin(snap, gil_frames, age if late else snap.blocked_for,
                             self.gil_capture, captured_by=by)
+            _kernel.held_gil(snap.extra, snap.loop_frames)  # cause: GIL held
         self.freezes += 1
         _metrics.freeze_detected(self)
         bf = snap.blocking_frame
@@ -544,6 +552,7 @@ class LoopWatch:
             kind="freeze-update", loop=self.loop, info=self._info(), detected_at=time.time(),
             blocked_for=age, threshold=cfg.threshold, inflight=self._inflight_records(now),
             native=NATIVE_PENDING if cfg.native else NATIVE_OFF, waits=self.waits,
+            cpu_before=self._sent_cpu,
         )
         bf = snap.blocking_frame
         frame = (bf.file, bf.line, bf.function)
