@@ -140,6 +140,7 @@ class LoopWatch:
         self._sentinel_pin: tuple[tuple[Frame, ...], Native] | None = None
         self._rd: RunDelay | None = None
         self._sent_rd: float | None = None
+        self.rd_base: float | None = None  # loop thread's run delay, set by the watchdog
         self._sent_cpu: _kernel.CpuSample | None = None
         self._rd_tid: int | None = None
         self.watchdog_silent = 0.0  # seconds the watchdog could not run before this round
@@ -352,10 +353,10 @@ class LoopWatch:
         # Stamp the send itself, not the round's start: under GIL contention a
         # round can take a while, and a stale stamp would add its length to
         # the measured lag (a busy, healthy loop would look frozen).
-        # Read before the stamp: os.pread releases the GIL, and a busy loop can
-        # keep it from us for a while (select(0) convoy); that wait must not
-        # count as the loop's lag.
-        self._sent_rd = self.loop_run_delay()
+        # Nothing between the stamp and the send may release the GIL: a busy
+        # loop can keep it from us for a while (select(0) convoy), and that
+        # wait would count as the loop's lag.
+        self._sent_rd = self.rd_base  # refreshed by the watchdog twice a second
         # The loop thread's CPU clock at the send (no syscall that releases
         # the GIL): a freeze's dump compares against it (spinning or blocked).
         self._sent_cpu = _kernel.cpu_sample(self._thread_id)

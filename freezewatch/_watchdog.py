@@ -22,6 +22,7 @@ from ._sinks.log import events
 from ._snapshot.frames import thread_top_frames
 
 THREAD_NAME = "freezewatch-watchdog"
+RUN_DELAY_EVERY = 0.5
 MAX_PARK = 0.45
 """Longest parked sleep: below the sentinel's 1 s and faulthandler's threshold/2 re-arm."""
 
@@ -128,6 +129,7 @@ class Watchdog:
         cpu_before = time.process_time()
         wall_before = expected
         own_before: float | None = None
+        rd_at = -RUN_DELAY_EVERY
         loops_before: dict[LoopWatch, float | None] = {}
         while not self._stopping:
             self._event.clear()  # a wake-up after this point makes the next wait return
@@ -188,8 +190,16 @@ class Watchdog:
             parked = self._park(watches, min_threshold)
             if parked is not None:
                 wait = parked
-            own_before = self._own_delay.read()
-            loops_before = {w: w.loop_run_delay() for w in watches}
+            # Run-delay baselines, refreshed twice a second rather than every
+            # round: each read is a syscall that hands the GIL to a busy loop
+            # thread and back. A baseline up to 0.5 s old only widens the
+            # window the starvation tests look at.
+            if now - rd_at >= RUN_DELAY_EVERY:
+                rd_at = now
+                own_before = self._own_delay.read()
+                for w in watches:
+                    w.rd_base = w.loop_run_delay()
+                loops_before = {w: w.rd_base for w in watches}
             wall_before = time.monotonic()
             cpu_before = time.process_time()
             expected = wall_before + wait
