@@ -23,6 +23,7 @@ lost (the watchdog un-parks itself when it sees the loop moved).
 from __future__ import annotations
 
 import selectors
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,13 +31,14 @@ from typing import Any
 class IdleState:
     """Shared by one loop's selector wrapper (loop thread) and its LoopWatch (watchdog)."""
 
-    __slots__ = ("exits", "in_select", "parked", "wake")
+    __slots__ = ("exits", "in_select", "parked", "wake", "woke_at")
 
     def __init__(self, wake: Callable[[], None]) -> None:
         self.in_select = False  # inside select() with a timeout that is not 0
         self.exits = 0  # select() calls completed
         self.parked = False  # the watchdog sleeps, counting on us to wake it
         self.wake = wake
+        self.woke_at = 0.0  # when the loop last woke a parked watchdog (monotonic)
 
 
 class WakingSelector:
@@ -57,6 +59,7 @@ class WakingSelector:
             st.exits += 1
             if st.parked:
                 st.parked = False
+                st.woke_at = time.monotonic()
                 st.wake()
 
     def __getattr__(self, name: str) -> Any:

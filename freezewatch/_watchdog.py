@@ -12,7 +12,7 @@ import threading
 import time
 import types
 
-from . import _health
+from . import _health, _state
 from ._events import FreezeEvent
 from ._faulthandler import Capture
 from ._gil import GilLayers
@@ -23,8 +23,8 @@ from ._snapshot.frames import thread_top_frames
 
 THREAD_NAME = "freezewatch-watchdog"
 RUN_DELAY_EVERY = 0.5
-MAX_PARK = 0.45
-"""Longest parked sleep: below the sentinel's 1 s and faulthandler's threshold/2 re-arm."""
+MAX_PARK = 1.0
+"""Longest parked sleep (the idle heartbeat comes once per idle_beat_every anyway)."""
 
 
 class Watchdog:
@@ -98,9 +98,12 @@ class Watchdog:
                     x.unpark()
                 return None
             waits.append(sleep)
-        # 0.9: a full parked sleep must stay below the half threshold at which
-        # a silence starts to count as "the watchdog could not run".
-        return min([*waits, 0.9 * min_threshold / 2, MAX_PARK])
+        if self.gil.timer.active:  # the faulthandler timer must be re-armed in time
+            waits.append(0.9 * min_threshold / 2)
+        notifier = _state.notifier
+        if notifier is not None:  # systemd must be fed on time
+            waits.append(notifier.period / 2)
+        return min([*waits, MAX_PARK])
 
     def _suspended(self, watches: tuple[LoopWatch, ...], seconds: float, reason: str) -> None:
         for w in watches:
@@ -130,6 +133,7 @@ class Watchdog:
         wall_before = expected
         own_before: float | None = None
         rd_at = -RUN_DELAY_EVERY
+        parked_wait = False
         loops_before: dict[LoopWatch, float | None] = {}
         while not self._stopping:
             self._event.clear()  # a wake-up after this point makes the next wait return
@@ -145,6 +149,14 @@ class Watchdog:
             # burns CPU while it does.
             late = now - expected
             silent = now - wall_before  # how long this thread could not run
+            if parked_wait:
+                # We chose to sleep: only what came after the wake-up we asked
+                # for (a loop leaving select, or the timeout) is silence.
+                woke = max((w.idle.woke_at for w in watches if w.idle is not None),
+                           default=0.0)
+                silent = now - woke if woke > wall_before else max(0.0, late)
+                self.gil.sentinel.stand_down(0.0)
+                parked_wait = False
             gil_capture = self._gil_round(now, watches, silent)
             explained = False  # our silence had a cause other than a held GIL
             if watches and silent > 0.5 * min_threshold and self._starved(
@@ -190,6 +202,10 @@ class Watchdog:
             parked = self._park(watches, min_threshold)
             if parked is not None:
                 wait = parked
+                parked_wait = True
+                # The sentinel takes a silent watchdog for a held GIL: tell it
+                # this silence is chosen (a loop that wakes clears it at once).
+                self.gil.sentinel.stand_down(wait + 0.25)
             # Run-delay baselines, refreshed twice a second rather than every
             # round: each read is a syscall that hands the GIL to a busy loop
             # thread and back. A baseline up to 0.5 s old only widens the
