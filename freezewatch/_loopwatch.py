@@ -46,6 +46,7 @@ _SELECT_CODES = frozenset(
 _HANDLE_RUN = asyncio.events.Handle._run.__code__
 _DEBUGGER_FILES = ("bdb.py", "pdb.py")
 STALL_SCAN_EVERY = 0.5
+NOT_SEEN = Frame("<not captured>", 0, "<freeze not seen live>", None)
 
 
 def _loops_on_stack(frame: types.FrameType | None,
@@ -672,9 +673,37 @@ class LoopWatch:
         self.late_freezes += 1
         _metrics.freeze_detected(self)
         _metrics.freeze_ended(self, lag)
-        _report.emit(self, FreezeEvent(
-            "freeze_ended", self.name, round(lag, 3),
-            reason="not seen live: the watchdog could not run during it (GIL held?)"))
+        reason = self._unseen_reason()
+        path = self._unseen_dump(lag, reason)
+        _report.emit(self, FreezeEvent("freeze_ended", self.name, round(lag, 3),
+                                       dump_path=path, reason=reason))
+
+    def _unseen_reason(self) -> str:
+        cfg = self.config
+        if not (cfg.native and cfg.sentinel and self._pyspy) and not cfg.faulthandler:
+            return ("not seen live: the watchdog could not run during it (a C call holding "
+                    "the GIL?) and nothing else could look: install py-spy (the sentinel "
+                    "uses it) or set faulthandler=True")
+        return ("not seen live: it ended before the watchdog could look, or a C call held "
+                "the GIL and py-spy could not take the loop thread's stack (see native.md)")
+
+    def _unseen_dump(self, lag: float, reason: str) -> str | None:
+        """A dump for a freeze nobody saw: when, how long, why no stack, and the
+        tasks and threads as they are now (after it). Never a guessed line."""
+        cfg = self.config
+        if self.loop is None or _report.rate_limited(NOT_SEEN.where, cfg.dump_rate_window):
+            return None
+        snap = capture(
+            kind="freeze", loop=self.loop, info=self._info(), detected_at=time.time(),
+            blocked_for=lag, threshold=cfg.threshold,
+            inflight=self._inflight_records(time.monotonic()),
+            native=Native(False, error=reason), waits=self.waits,
+        )
+        extra = {**snap.extra, "seen_live": False, "duration": round(lag, 6),
+                 "cause": "unknown", "kernel_summary": reason}
+        snap = dataclasses.replace(snap, loop_frames=(), blocking_frame=NOT_SEEN,
+                                   app_frame=None, extra=extra)
+        return _report.write(self, snap, signature=NOT_SEEN.where)
 
     # -- stalls (watch() units overdue while the loop is alive) ---------------
     def _scan_stalls(self, now: float) -> None:
