@@ -315,7 +315,8 @@ class LoopWatch:
         if self.idle is None and not self._idle_tried and loop.is_running():
             self._idle_tried = True
             wd = _state.watchdog
-            state = _idle.IdleState(wd.wake if wd is not None else (lambda: None))
+            state = _idle.IdleState(wd.wake if wd is not None else (lambda: None),
+                                    wd.handoff if wd is not None else None)
             self.idle = state if _idle.attach(loop, state) else None
         if self.idle is not None:
             self._exits_seen = self.idle.exits

@@ -33,6 +33,9 @@ class Watchdog:
         # watchdog's loop leaving its selector (see _idle).
         self._event = threading.Event()
         self._stopping = False
+        # Set at the end of each round: releases a saturated loop that stood
+        # aside so this thread could take the GIL (see _idle.WakingSelector).
+        self.handoff = threading.Event()
         # Replaced as a whole (copy-on-write) by install/uninstall; the
         # watchdog reads the reference once per round, so it needs no lock.
         self.watches: tuple[LoopWatch, ...] = ()
@@ -219,4 +222,9 @@ class Watchdog:
             wall_before = time.monotonic()
             cpu_before = time.process_time()
             expected = wall_before + wait
+            self.handoff.set()  # wake loops standing aside for this round...
+            self.handoff.clear()  # ...and re-arm for the next one
+            for w in watches:
+                if w.idle is not None:
+                    w.idle.due = expected
             self._event.wait(wait)
