@@ -40,3 +40,27 @@ def test_idle_loop_parks_the_watchdog_and_a_freeze_from_idle_is_caught(
     assert (doc["blocking_frame"]["file"], doc["blocking_frame"]["line"]) == (__file__, line)
     # Detected while frozen, well before the block ended (the wake-up was not lost).
     assert doc["blocked_for"] < 1.0
+
+
+async def _spin_tasks(n: int) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def test_saturated_loop_does_not_starve_the_watchdog(dump_dir: Path) -> None:
+    """A loop at 100 % (select(0) every iteration) still lets the watchdog run every interval."""
+
+    async def main() -> tuple[int, float]:
+        freezewatch.install(threshold=1.0, interval=0.05, dump_dir=str(dump_dir), native=False)
+        await asyncio.sleep(0.3)
+        wd = _state.watchdog
+        assert wd is not None
+        before, t0 = wd.rounds, time.monotonic()
+        end = t0 + 2.0
+        while time.monotonic() < end:
+            await asyncio.gather(*(_spin_tasks(50) for _ in range(100)))
+        return wd.rounds - before, time.monotonic() - t0
+
+    rounds, seconds = asyncio.run(main())
+    # Every 0.05 s would be ~40 in 2 s; a GIL convoy left it 2-4 rounds a second.
+    assert rounds >= 0.4 * seconds / 0.05, f"{rounds} watchdog rounds in {seconds:.1f} s"
