@@ -16,13 +16,13 @@ Runs in about 10 s:  .venv/bin/python scripts/async_list_users_stall.py
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sys
 import time
 
 import aiohttp
+from _demo_report import RULE, dump_of_this_run, frame_line, txt_head
 from _users_service import start_users_service
 
 import freezewatch
@@ -82,27 +82,15 @@ async def main(port: int) -> None:
 
 
 def report(started: float) -> int:
-    dumps = sorted(
-        (os.path.join(DUMP_DIR, n) for n in os.listdir(DUMP_DIR)
-         if n.startswith("stall-") and n.endswith(".json")),
-        key=os.path.getmtime,
-    )
-    dumps = [d for d in dumps if os.path.getmtime(d) >= started]
-    if not dumps:
-        print("demo: no stall dump was written - that is a bug", file=sys.stderr)
+    found = dump_of_this_run(DUMP_DIR, "stall", started)
+    if found is None:
         return 1
-    path = dumps[0]
-    with open(path, encoding="utf-8") as f:
-        doc = json.load(f)
-    bf, af = doc["blocking_frame"], doc["app_frame"]
-    print()
-    print("=" * 78)
-    print(f"stall dump written while the loop stayed alive: {path}")
+    path, doc = found
+    print(f"\n{RULE}\nstall dump written while the loop stayed alive: {path}")
     print(f"  unit       : {doc['stalled']['name']} open {doc['blocked_for']:.2f} s "
           f"(stall_after {doc['threshold']:g} s), task {doc['stalled']['task']}")
-    print(f"  waits at   : {bf['file']}:{bf['line']} in {bf['function']}   {bf['code']}")
-    if af:
-        print(f"  app line   : {af['file']}:{af['line']} in {af['function']}   {af['code']}")
+    frame_line("waits at", doc["blocking_frame"])
+    frame_line("app line", doc["app_frame"])
     for u in doc["inflight"]:
         if u["kind"] == "client":
             print(f"  outbound   : {u['detail']}")
@@ -111,12 +99,7 @@ def report(started: float) -> int:
             top = g["await_chain"][-1]
             print(f"  tasks      : {g['count']}x {', '.join(g['names'])} waiting \u2265 "
                   f"{g['waiting']:.1f} s in {top['function']} ({top['code']})")
-    print(f"  read it    : less {path[:-5]}.txt")
-    print("=" * 78)
-    print("first lines of the .txt report:\n")
-    with open(path[:-5] + ".txt", encoding="utf-8") as f:
-        for _, line in zip(range(14), f, strict=False):
-            print("  " + line.rstrip())
+    txt_head(path, 14)
     return 0
 
 

@@ -13,13 +13,13 @@ prints what it pinned. Runs in about 5 s:
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import sys
 import threading
 import time
 
 import uvicorn
+from _demo_report import RULE, dump_of_this_run, frame_line
 from fastapi import FastAPI
 
 import freezewatch.asgi
@@ -69,31 +69,21 @@ def get(port: int, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
 
 
 def report(started: float) -> int:
-    dumps = sorted(
-        (os.path.join(DUMP_DIR, n) for n in os.listdir(DUMP_DIR)
-         if n.startswith("freeze-") and n.endswith(".json")),
-        key=os.path.getmtime,
-    )
-    dumps = [d for d in dumps if os.path.getmtime(d) >= started]
-    if not dumps:
-        print("demo: no dump was written - that is a bug", file=sys.stderr)
+    found = dump_of_this_run(DUMP_DIR, "freeze", started)
+    if found is None:
         return 1
-    path = dumps[0]
-    with open(path, encoding="utf-8") as f:
-        doc = json.load(f)
-    bf, af, req = doc["blocking_frame"], doc["app_frame"], doc.get("request") or {}
-    print()
-    print("=" * 78)
-    print(f"dump written while the loop was frozen: {path}")
+    path, doc = found
+    req = doc.get("request") or {}
+    print(f"\n{RULE}\ndump written while the loop was frozen: {path}")
     print(f"  loop       : {doc['loop']['name']} ({doc['python'].split()[0]}), "
-          f"frozen {doc['blocked_for']:.2f} s when captured, {doc.get('duration', 0):.2f} s in all")
+          f"frozen {doc['blocked_for']:.2f} s when captured, "
+          f"{doc.get('duration', 0):.2f} s in all")
     print(f"  request    : {req.get('name')} (request id {req.get('request_id')}, "
           f"open {req.get('age', 0):.2f} s)")
-    print(f"  blocked at : {bf['file']}:{bf['line']} in {bf['function']}   {bf['code']}")
-    if af:
-        print(f"  app line   : {af['file']}:{af['line']} in {af['function']}   {af['code']}")
+    frame_line("blocked at", doc["blocking_frame"])
+    frame_line("app line", doc["app_frame"])
     print(f"  read it    : less {path[:-5]}.txt")
-    print("=" * 78)
+    print(RULE)
     return 0
 
 

@@ -21,6 +21,7 @@ import os
 import sys
 import time
 
+from _demo_report import RULE, dump_of_this_run, frame_line, txt_head
 from _users_service import start_users_service
 
 import freezewatch
@@ -72,33 +73,16 @@ async def main(port: int) -> None:
 
 
 def report(started: float) -> int:
-    dumps = sorted(
-        (os.path.join(DUMP_DIR, n) for n in os.listdir(DUMP_DIR)
-         if n.startswith("freeze-") and n.endswith(".json")),
-        key=os.path.getmtime,
-    )
-    dumps = [d for d in dumps if os.path.getmtime(d) >= started]
-    if not dumps:
-        print("demo: no dump was written - that is a bug", file=sys.stderr)
+    found = dump_of_this_run(DUMP_DIR, "freeze", started, last=True)
+    if found is None:
         return 1
-    path = dumps[-1]
-    with open(path, encoding="utf-8") as f:
-        doc = json.load(f)
-    bf, af = doc["blocking_frame"], doc["app_frame"]
-    print()
-    print("=" * 78)
-    print(f"dump written while the loop was frozen: {path}")
-    print(f"  blocked at : {bf['file']}:{bf['line']} in {bf['function']}   {bf['code']}")
-    if af:
-        print(f"  app line   : {af['file']}:{af['line']} in {af['function']}   {af['code']}")
+    path, doc = found
+    print(f"\n{RULE}\ndump written while the loop was frozen: {path}")
+    frame_line("blocked at", doc["blocking_frame"])
+    frame_line("app line", doc["app_frame"])
     print(f"  freeze lasted {doc.get('duration', float('nan')):.2f} s in all "
           f"(detected after {doc['blocked_for']:.2f} s)")
-    print(f"  read it    : less {path[:-5]}.txt")
-    print("=" * 78)
-    print("first lines of the .txt report:\n")
-    with open(path[:-5] + ".txt", encoding="utf-8") as f:
-        for _, line in zip(range(16), f, strict=False):
-            print("  " + line.rstrip())
+    txt_head(path, 16)
     return 0
 
 
