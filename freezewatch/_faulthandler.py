@@ -98,10 +98,6 @@ def _cancel_before_fork() -> None:
         _armed_pid = 0
 
 
-def app_took_over() -> bool:
-    return _app_took_over
-
-
 class Timer:
     """The re-armed faulthandler timer and its private output file (watchdog thread only)."""
 

@@ -19,6 +19,7 @@ from ._sdnotify import Notifier
 from ._serve import MetricsServer
 from ._sinks import metrics as _metrics
 from ._sinks.log import events
+from ._snapshot import kernel as _kernel
 from ._watchdog import Watchdog
 
 
@@ -133,6 +134,7 @@ def _drop(w: LoopWatch) -> None:
     if w.loop is not None and _state.by_loop.get(w.loop) is w:
         del _state.by_loop[w.loop]
     _metrics.forget(w)
+    w.detach_idle()  # give the loop its own selector back
 
 
 def _stop_services() -> None:
@@ -143,6 +145,7 @@ def _stop_services() -> None:
     notifier, _state.notifier = _state.notifier, None
     if notifier is not None:
         notifier.close()
+    _kernel.unwatch_gc()
 
 
 def remove(w: LoopWatch, quiet: bool = False) -> None:

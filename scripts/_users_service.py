@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import sys
 import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, NoReturn
 
 from aiohttp import web
 
@@ -42,3 +47,14 @@ def start_users_service(hold: float) -> int:
                      daemon=True).start()
     started.wait(10)
     return ready[0]
+
+
+def run_demo(main: Callable[[int], Coroutine[Any, Any, None]],
+             report: Callable[[float], int], hold: float) -> NoReturn:
+    """Start the service, run the application's ``main(port)``, print ``report``, exit."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        stream=sys.stdout)
+    started = time.time()
+    port = start_users_service(hold)
+    asyncio.run(main(port))
+    sys.exit(report(started))

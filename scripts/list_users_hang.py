@@ -18,11 +18,9 @@ import http.client
 import json
 import logging
 import os
-import sys
-import time
 
 from _demo_report import RULE, dump_of_this_run, frame_line, txt_head
-from _users_service import start_users_service
+from _users_service import run_demo
 
 import freezewatch
 
@@ -87,9 +85,4 @@ def report(started: float) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
-                        stream=sys.stdout)
-    t0 = time.time()
-    port = start_users_service(HOLD_BODY)
-    asyncio.run(main(port))
-    sys.exit(report(t0))
+    run_demo(main, report, HOLD_BODY)

@@ -66,6 +66,11 @@ def line_of(file: str, marker: str) -> int:
     return hit
 
 
+def tagged_line(path: str | Path, tag: str) -> int:
+    """The line of ``path`` tagged with the comment ``# <- tag``."""
+    return line_of(str(path), f"# <- {tag}")
+
+
 def dumps(dump_dir: Path, prefix: str = "") -> list[Path]:
     """The .json dumps in ``dump_dir`` (none if it does not exist), sorted by name."""
     return sorted(dump_dir.glob(f"{prefix}*.json")) if dump_dir.exists() else []

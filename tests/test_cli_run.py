@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_contract, wait_for
+from conftest import assert_contract, tagged_line, wait_for
 
 BIN = Path(sys.executable).parent / "freezewatch"
 PYTHON = sys.executable
@@ -58,13 +58,6 @@ async def app(scope, receive, send):
 '''
 
 
-def _tagged_line(path: Path, tag: str) -> int:
-    for n, text in enumerate(path.read_text().splitlines(), 1):
-        if text.endswith(f"# <- {tag}"):
-            return n
-    raise AssertionError(tag)
-
-
 def _env(**more: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FREEZEWATCH_")}
     env.update(FREEZEWATCH_NATIVE="0", **more)  # py-spy is covered by the core's tests
@@ -97,7 +90,7 @@ def test_run_script_pinned_without_importing_freezewatch(tmp_path: Path, runner:
     assert seen == {"imported_freezewatch": True, "boot_on_path": False, "watchdog": True}
     doc = _only_dump(dumps)
     assert doc["blocking_frame"]["file"] == str(script)
-    assert doc["blocking_frame"]["line"] == _tagged_line(script, "block")
+    assert doc["blocking_frame"]["line"] == tagged_line(script, "block")
     assert doc["threshold"] == 0.3
     assert doc["duration"] >= 0.6
 
@@ -112,7 +105,7 @@ def test_run_python_dash_m(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     doc = _only_dump(tmp_path / "rel-dumps")
     assert doc["blocking_frame"]["file"] == str(module)
-    assert doc["blocking_frame"]["line"] == _tagged_line(module, "block")
+    assert doc["blocking_frame"]["line"] == tagged_line(module, "block")
 
 
 def _free_port() -> int:
@@ -159,7 +152,7 @@ def test_run_uvicorn_console_script(tmp_path: Path, loop: str) -> None:
     assert proc.returncode == 0, out
     doc = _only_dump(dumps)
     assert doc["blocking_frame"]["file"] == str(app)
-    assert doc["blocking_frame"]["line"] == _tagged_line(app, "handler")
+    assert doc["blocking_frame"]["line"] == tagged_line(app, "handler")
     assert bodies[0].decode().split(".")[0] == loop  # the loop the handler ran on
 
 
@@ -197,7 +190,7 @@ def test_run_watches_a_forked_child(tmp_path: Path) -> None:
     (path,) = sorted(dumps.glob("freeze-*.json"))
     doc = assert_contract(path)
     assert doc["pid"] == int(child)
-    assert doc["blocking_frame"]["line"] == _tagged_line(script, "child")
+    assert doc["blocking_frame"]["line"] == tagged_line(script, "child")
 
 
 @pytest.mark.parametrize(("code", "status"), [

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_contract
+from conftest import assert_contract, tagged_line
 
 BIN = Path(sys.executable).parent / "freezewatch"
 
@@ -56,13 +56,6 @@ asyncio.run(main())
 '''
 
 
-def _tagged_line(path: Path, tag: str) -> int:
-    for n, text in enumerate(path.read_text().splitlines(), 1):
-        if text.endswith(f"# <- {tag}"):
-            return n
-    raise AssertionError(tag)
-
-
 def _env(**more: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("FREEZEWATCH_") and k != "NO_COLOR"}
@@ -94,7 +87,7 @@ class Dumps:
         self.docs = {p.name: assert_contract(p) for p in sorted(self.dir.glob("*.json"))}
 
     def where(self, script: Path, tag: str, function: str) -> str:
-        return f"{script}:{_tagged_line(script, tag)} in {function}"
+        return f"{script}:{tagged_line(script, tag)} in {function}"
 
     def stall_where(self) -> str:
         (doc,) = [d for d in self.docs.values() if d["kind"] == "stall"]
@@ -162,7 +155,7 @@ def test_show_stall(dumps: Dumps) -> None:
     proc = _cli("show", str(dumps.dir / name))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("STALL: reconcile open for")
-    assert f"{dumps.stall_py}:{_tagged_line(dumps.stall_py, 'stall')} in main" in proc.stdout
+    assert f"{dumps.stall_py}:{tagged_line(dumps.stall_py, 'stall')} in main" in proc.stdout
 
 
 def test_show_errors_are_one_line(dumps: Dumps, tmp_path: Path) -> None:

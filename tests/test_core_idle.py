@@ -64,3 +64,20 @@ def test_saturated_loop_does_not_starve_the_watchdog(dump_dir: Path) -> None:
     rounds, seconds = asyncio.run(main())
     # Every 0.05 s would be ~40 in 2 s; a GIL convoy left it 2-4 rounds a second.
     assert rounds >= 0.4 * seconds / 0.05, f"{rounds} watchdog rounds in {seconds:.1f} s"
+
+
+def test_uninstall_gives_the_loop_its_own_selector_back(dump_dir: Path) -> None:
+    """While watched, the selector is wrapped; after uninstall() it is the loop's own again."""
+
+    async def main() -> tuple[str, str, str]:
+        loop = asyncio.get_running_loop()
+        own = type(loop._selector).__name__  # type: ignore[attr-defined]
+        freezewatch.install(threshold=0.5, interval=0.05, dump_dir=str(dump_dir), native=False)
+        await asyncio.sleep(0.3)
+        watched = type(loop._selector).__name__  # type: ignore[attr-defined]
+        freezewatch.uninstall()
+        return own, watched, type(loop._selector).__name__  # type: ignore[attr-defined]
+
+    own, watched, after = asyncio.run(main())
+    assert watched == "WakingSelector" != own
+    assert after == own

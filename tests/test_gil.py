@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import assert_contract, wait_for
+from core_support import Pin, pin
 
 import freezewatch
 from freezewatch import _faulthandler, _state
@@ -23,12 +24,9 @@ _EVIL = re.compile(r"(a+)+$")
 _SRE_FRAMES = ("sre_match", "sre_ucs1_match", "SRE(match)", "_sre_SRE_Pattern_match")
 
 
-def _pin(name: str) -> tuple[str, int, str]:
+def _pin(name: str) -> Pin:
     """(file, line, code) of the line of this file marked ``# pin: name``."""
-    lines = Path(__file__).read_text().splitlines()
-    hits = [i for i, t in enumerate(lines, 1) if t.rstrip().endswith(f"# pin: {name}")]
-    assert len(hits) == 1
-    return __file__, hits[0], lines[hits[0] - 1].strip()
+    return pin(__file__, name)
 
 
 def _calibrate(target: float = 2.5) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, assert_contract, wait_for
+from core_support import pin
 
 import freezewatch
 from freezewatch import _config, _state
@@ -23,10 +24,7 @@ PYSPY = native_mod.find_pyspy()
 
 
 def _pin(name: str) -> int:
-    lines = Path(__file__).read_text().splitlines()
-    hits = [i for i, t in enumerate(lines, 1) if t.rstrip().endswith(f"# pin: {name}")]
-    assert len(hits) == 1
-    return hits[0]
+    return pin(__file__, name).line
 
 
 def _freeze(dump_dir: Path, seconds: float, **settings: Any) -> None:

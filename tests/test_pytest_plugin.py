@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import tagged_line
 
 pytest_plugins = ["pytester"]
 
@@ -171,14 +172,6 @@ def test_plugin_loaded_but_inert(pytestconfig):
 '''
 
 
-def _line(tag: str, path: Path) -> int:
-    """Line number, in the cases file written at ``path``, of the line tagged ``# <- tag``."""
-    for n, text in enumerate(path.read_text().splitlines(), 1):
-        if text.endswith(f"# <- {tag}"):
-            return n
-    raise AssertionError(tag)
-
-
 def _cases(pytester: pytest.Pytester) -> tuple[Path, Path]:
     """The cases file, and the uvloop one in a directory whose conftest picks uvloop."""
     pytester.makeini(INI)
@@ -211,16 +204,17 @@ def test_blocking_tests_fail_with_line_and_clean_ones_pass(pytester: pytest.Pyte
                       ("test_sync_test_running_a_loop", "asyncio.run"),
                       ("test_fixture_blocks", "fixture")]:
         section = _failure_section(out, test)
-        assert f"Blocked at:  {src}:{_line(tag, path)} in " in section, section
+        assert f"Blocked at:  {src}:{tagged_line(path, tag)} in " in section, section
         assert "time.sleep(0.8)" in section
         assert "Dump: " in section
     section = _failure_section(out, "test_on_uvloop")
-    assert f"Blocked at:  {uv_path}:{_line('uvloop', uv_path)} in test_on_uvloop" in section
+    assert f"Blocked at:  {uv_path}:{tagged_line(uv_path, 'uvloop')} in test_on_uvloop" in section
     # A sync HTTP client in the standard library: the blocking frame is the
     # socket read inside it, and the test's own line is named as the app line.
     section = _failure_section(out, "test_sync_http_client")
     assert re.search(r"Blocked at:  \S+/(socket|ssl|http/client)\.py:\d+ in ", section), section
-    assert f"App line:    {src}:{_line('third-party', path)} in test_sync_http_client" in section
+    third_party = tagged_line(path, "third-party")
+    assert f"App line:    {src}:{third_party} in test_sync_http_client" in section
     assert "body = resp.read()" in section
     for passed in ("test_clean", "test_module_loop_first", "test_marker_raises_threshold",
                    "test_marker_disables"):
@@ -240,7 +234,7 @@ def test_dump_of_a_failed_test_meets_the_contract(pytester: pytest.Pytester) -> 
     assert dump, result.stdout.str()
     doc = assert_contract(dump.group(1))
     assert doc["blocking_frame"]["file"] == str(path)
-    assert doc["blocking_frame"]["line"] == _line("blocks", path)
+    assert doc["blocking_frame"]["line"] == tagged_line(path, "blocks")
 
 
 def test_inactive_by_default(pytester: pytest.Pytester) -> None:

@@ -207,6 +207,3 @@ class Snapshot:
         }
         doc.update(self.extra)
         return doc
-
-    def with_native(self, native: Native) -> Snapshot:
-        return dataclasses.replace(self, native=native)
