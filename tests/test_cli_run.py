@@ -28,8 +28,13 @@ import threading
 import time
 
 
+WATCHED = []
+
+
 async def main():
     await asyncio.sleep(0.2)
+    # Asked while the loop runs: the watchdog thread stops with the last loop.
+    WATCHED.append(any(t.name == "freezewatch-watchdog" for t in threading.enumerate()))
     time.sleep(1.2)  # <- block
     await asyncio.sleep(0.4)
 
@@ -38,7 +43,7 @@ async def main():
 print(json.dumps({{
     "imported_freezewatch": "freezewatch" in sys.modules,
     "boot_on_path": any("_boot" in p for p in sys.path),
-    "watchdog": any(t.name == "freezewatch-watchdog" for t in threading.enumerate()),
+    "watchdog": WATCHED == [True],
 }}))
 sys.exit({exit})
 '''
