@@ -34,11 +34,13 @@ class Config:
     """Hard limit for one py-spy run, enforced from outside the process."""
     pyspy_path: str = ""
     """py-spy executable; empty: next to the interpreter, then PATH."""
-    faulthandler: bool = False
-    """Re-arm faulthandler.dump_traceback_later from the watchdog so freezes that
-    hold the GIL are pinned (docs/native.md); off leaves faulthandler to the app."""
+    faulthandler: bool = True
+    """Pin freezes that hold the GIL with faulthandler: the sentinel signals the loop
+    thread, whose faulthandler handler writes its stack (docs/native.md). Needs the
+    sentinel; off leaves faulthandler entirely to the application."""
     sentinel: bool = True
-    """A helper process runs py-spy when the watchdog itself cannot (GIL held)."""
+    """A helper process acts when the watchdog itself cannot (GIL held): it signals
+    the loop threads for faulthandler and runs py-spy (docs/native.md)."""
     stall_after: float = 30.0
     """Default seconds a watch() unit may stay open before a stall dump."""
     update_after: tuple[float, ...] = (10.0, 60.0, 600.0)

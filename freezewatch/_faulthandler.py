@@ -1,26 +1,41 @@
-"""A faulthandler timer that captures every Python stack when no Python thread can run.
+"""faulthandler's stack of a loop thread, taken inside a freeze that holds the GIL.
 
-``faulthandler.dump_traceback_later`` waits in a C thread that needs no GIL;
-when its timeout expires it writes every thread's Python stack to a file
-descriptor. The watchdog thread re-arms it ahead of its deadline, so it
-fires only when the watchdog itself could not run for about half the
-threshold: a C call holding the GIL (or the whole process stopped). The
-watchdog reads the capture when it runs again and folds it into a normal
-freeze dump (``_loopwatch``).
+A C call that holds the GIL stops every Python thread, the watchdog
+included. The sentinel process (``_sentinel``) notices that the watchdog
+stopped beating while it was neither running nor waiting for a CPU (it is
+blocked: waiting for the GIL) and sends each watched loop thread the signal
+``SIGNAL`` with ``tgkill``. faulthandler's C handler for that signal
+(``faulthandler.register(SIGNAL, all_threads=False)``) runs *on the loop
+thread itself*, interrupting the C call, and writes that thread's Python
+stack to a private file. The watchdog reads it when it runs again and
+folds it into a normal freeze dump (``_loopwatch``).
 
-Cost: one re-arm (cancel + start of the C thread, ~50-60 us, GIL held) every
-``threshold / 2`` seconds, on the watchdog thread - never on the loop.
+Why a signal and not ``faulthandler.dump_traceback_later`` (a timer thread
+re-armed ahead of its deadline): the timer's thread walks *every* thread's
+frames without the GIL whenever it fires, and it also fires when the
+watchdog is merely late (a loaded machine) while other threads run Python.
+Here that read frames being torn down and crashed the process (SIGSEGV in
+``dump_frame``, 3.11). The signal handler reads only the stack of the thread
+it interrupts, which cannot change while the handler runs, and only when
+the sentinel found the watchdog blocked for half a threshold - which a
+thread running bytecode cannot cause (it hands the GIL over within the
+switch interval). It costs nothing while all is well: no timer, no re-arm.
+
+The sentinel writes ``Thread 0x<ident> (most recent call first):`` before
+each signal, so the file reads like faulthandler's all-threads output and
+``parse`` maps each stack to its thread.
 
 The output goes to an unlinked temporary file (mode 0600, no name: nobody
-else can open it), never to the application's stderr.
+else can open it; the sentinel gets the descriptor), never to the
+application's stderr.
 
-faulthandler has a single timer per process and no way to ask whether it is
-armed. An application that arms it itself *after* install() is detected (the
-module's two timer functions are wrapped, transparently; a cancel alone is
-passed through and ours is re-armed on the next round): freezewatch logs
-``faulthandler_conflict`` and stops re-arming for the rest of the process, so
-the application's timer keeps working. A timer armed *before* install() is
-invisible: set ``faulthandler=False`` (``FREEZEWATCH_FAULTHANDLER=0``).
+faulthandler keeps one handler per signal. freezewatch does not take
+``SIGNAL`` if a handler is already set for it, and an application that
+registers it with faulthandler afterwards gets it (``faulthandler.register``
+and ``unregister`` are wrapped, transparently, to notice): freezewatch logs
+``faulthandler_conflict`` and leaves the signal alone for the rest of the
+process. The application's own ``faulthandler.dump_traceback_later`` and
+``faulthandler.enable`` are untouched.
 """
 
 from __future__ import annotations
@@ -28,6 +43,7 @@ from __future__ import annotations
 import faulthandler
 import os
 import re
+import signal
 import tempfile
 from collections.abc import Callable
 from typing import IO, Any
@@ -35,44 +51,54 @@ from typing import IO, Any
 from ._snapshot.frames import source_line
 from ._snapshot.model import Frame
 
+SIGNAL = signal.SIGRTMAX - 3 if hasattr(signal, "SIGRTMAX") else 0
+"""The real-time signal the sentinel sends a loop thread (61 on Linux/glibc)."""
+
 _THREAD = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-fA-F]+)")
 _FRAME = re.compile(r'^\s+File "(.*)", line (\d+) in (.+?)\s*$')
 MAX_CAPTURE = 1 << 20
 
-# -- the wrappers that notice an application's own use of the timer ----------
-# Set once per process. Module-level because faulthandler's timer is itself
-# process-global; read without a lock (a single bool store is atomic).
-_real_arm = faulthandler.dump_traceback_later
-_real_cancel = faulthandler.cancel_dump_traceback_later
+# -- the wrappers that notice an application's own use of the signal ----------
+# Set once per process: faulthandler's handlers are process-global. Read
+# without a lock (single stores of a bool/int are atomic under the GIL).
+_real_register = faulthandler.register
+_real_unregister = faulthandler.unregister
 _app_took_over = False
 _on_conflict: Callable[[str], None] | None = None
 _wrapped = False
-_armed_pid = 0  # the pid whose faulthandler thread we armed and have not cancelled
+_registered_pid = 0  # the pid in which our handler is registered
 
 
-def _app_arm(*args: Any, **kwargs: Any) -> None:
-    _yield_to_app("dump_traceback_later")
-    _real_arm(*args, **kwargs)
+def _signum(sig: Any) -> int:
+    try:
+        return int(sig)
+    except (TypeError, ValueError):
+        return -1
 
 
-def _app_cancel() -> None:
-    # Cancelling asks for no timer, which ours (silent, private file) honours
-    # well enough: not a conflict. It did cancel ours: re-arm next round.
-    global _armed_pid
-    _armed_pid = 0
-    _real_cancel()
+def _app_register(signum: Any, *args: Any, **kwargs: Any) -> None:
+    if _signum(signum) == SIGNAL:
+        _yield_to_app("register")
+    _real_register(signum, *args, **kwargs)
+
+
+def _app_unregister(signum: Any) -> Any:
+    if _signum(signum) == SIGNAL:
+        _yield_to_app("unregister")
+    return _real_unregister(signum)  # type: ignore[func-returns-value]  # a bool at run time
 
 
 def _yield_to_app(what: str) -> None:
-    global _app_took_over, _armed_pid
+    global _app_took_over, _registered_pid
     first = not _app_took_over
     _app_took_over = True
-    _armed_pid = 0  # the timer is the application's from now on
+    _registered_pid = 0  # the signal is the application's from now on
     cb = _on_conflict
     if first and cb is not None:
-        cb(f"the application called faulthandler.{what}(); freezewatch's faulthandler layer "
-           "is off for this process so the application's timer keeps working "
-           "(GIL-held freezes are no longer pinned; FREEZEWATCH_FAULTHANDLER=0 silences this)")
+        cb(f"the application called faulthandler.{what}() for signal {SIGNAL}, the one "
+           "freezewatch's faulthandler layer uses; the layer is off for this process "
+           "(GIL-held freezes are still pinned by py-spy where it can attach; "
+           "FREEZEWATCH_FAULTHANDLER=0 silences this)")
 
 
 def _wrap_once() -> None:
@@ -80,33 +106,25 @@ def _wrap_once() -> None:
     if _wrapped:
         return
     _wrapped = True
-    # No public API tells whether the timer is armed, so the two module
-    # functions are replaced by pass-through wrappers that only take note.
-    faulthandler.dump_traceback_later = _app_arm  # type: ignore[assignment]
-    faulthandler.cancel_dump_traceback_later = _app_cancel
-    if hasattr(os, "register_at_fork"):
-        # A fork while our C thread waits leaves its lock held in the child,
-        # where the next arm or cancel then hangs forever (checked on 3.10-3.13).
-        # Cancel before the fork; the watchdog re-arms in its next round.
-        os.register_at_fork(before=_cancel_before_fork)
+    faulthandler.register = _app_register  # type: ignore[assignment]
+    faulthandler.unregister = _app_unregister  # type: ignore[assignment]
 
 
-def _cancel_before_fork() -> None:
-    global _armed_pid
-    if _armed_pid == os.getpid() and not _app_took_over:
-        _real_cancel()
-        _armed_pid = 0
+def unavailable_reason() -> str | None:
+    """Why the layer cannot work here (None if it can)."""
+    if not SIGNAL or not hasattr(faulthandler, "register"):
+        return "faulthandler.register or real-time signals are missing on this platform"
+    if _app_took_over:
+        return f"the application uses signal {SIGNAL} with faulthandler"
+    return None
 
 
-class Timer:
-    """The re-armed faulthandler timer and its private output file (watchdog thread only)."""
+class SignalDump:
+    """Our faulthandler handler and its private output file (watchdog thread only)."""
 
     def __init__(self, on_conflict: Callable[[str], None]) -> None:
         global _on_conflict
         self._file: IO[bytes] | None = None
-        self._armed_at = -1e9
-        self._retry_at = 0.0
-        self.rearms = 0
         self.error: str | None = None
         _on_conflict = on_conflict
 
@@ -114,37 +132,39 @@ class Timer:
     def active(self) -> bool:
         return self._file is not None and not _app_took_over
 
-    def tick(self, now: float, threshold: float) -> None:
-        """Re-arm if half the threshold passed since the last arm.
+    @property
+    def fd(self) -> int:
+        """The output file's descriptor (the sentinel writes thread headers to it), or -1."""
+        return self._file.fileno() if self.active and self._file is not None else -1
 
-        Armed for ``threshold`` seconds and re-armed every ``threshold / 2``:
-        it fires only if the watchdog could not run for at least half the
-        threshold, between 0.5 and 1.0 threshold after the watchdog's last
-        round - well inside a freeze that lasts longer than the threshold.
-        """
-        global _armed_pid
-        if _app_took_over:
-            return
-        pid = os.getpid()
-        if _armed_pid not in (0, pid):
-            return  # armed in the parent before a fork we did not see: do not touch
-        if _armed_pid == pid and now - self._armed_at < threshold / 2:
-            return
-        if self._file is None and now < self._retry_at:
-            return
-        if self._file is None:
-            try:
-                _wrap_once()
-                # Lives as long as the timer: faulthandler writes to it from C.
+    def ensure(self) -> bool:
+        """Register the handler once per process; True when it is in place."""
+        global _registered_pid
+        if self.active and _registered_pid == os.getpid():
+            return True
+        if self.error is not None:
+            return False
+        self.error = unavailable_reason()
+        if self.error is not None:
+            return False
+        current = signal.getsignal(SIGNAL)
+        if current not in (signal.SIG_DFL, 0) and _registered_pid == 0:
+            # Somebody handles this signal already (signal.signal or C code):
+            # never take it from them.
+            self.error = f"signal {SIGNAL} already has a handler in this process"
+            _yield_to_app("signal handler check")
+            return False
+        try:
+            _wrap_once()
+            if self._file is None:
+                # Lives as long as the handler: faulthandler writes to it from C.
                 self._file = tempfile.TemporaryFile(prefix="freezewatch-fh-")  # noqa: SIM115
-            except OSError as e:
-                self.error = f"no private file for faulthandler: {e}"
-                self._retry_at = now + 60.0
-                return
-        self._armed_at = now
-        self.rearms += 1
-        _armed_pid = pid
-        _real_arm(threshold, repeat=False, file=self._file, exit=False)
+            _real_register(SIGNAL, file=self._file, all_threads=False, chain=False)
+        except (OSError, RuntimeError, ValueError) as e:
+            self.error = f"faulthandler.register failed: {e}"
+            return False
+        _registered_pid = os.getpid()
+        return True
 
     def take(self) -> str | None:
         """The capture written since the last call, or None (the file is emptied)."""
@@ -156,6 +176,8 @@ class Timer:
             if os.fstat(fd).st_size == 0:
                 return None
             data = os.pread(fd, MAX_CAPTURE, 0)
+            # The sentinel shares this open file (and its offset): the next
+            # capture starts at 0 again.
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
         except OSError:
@@ -163,10 +185,10 @@ class Timer:
         return data.decode("utf-8", "replace")
 
     def close(self) -> None:
-        global _armed_pid
-        if _armed_pid == os.getpid() and not _app_took_over:
-            _real_cancel()
-            _armed_pid = 0
+        global _registered_pid
+        if _registered_pid == os.getpid() and not _app_took_over:
+            _real_unregister(SIGNAL)
+            _registered_pid = 0
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -1,26 +1,29 @@
-"""The two layers that see what no Python thread can: faulthandler and the sentinel.
+"""The two layers that see what no Python thread can: faulthandler and py-spy.
 
-A C call that holds the GIL stops the watchdog thread too. The watchdog
-drives both layers once per round (``round``) and, when it runs again after
-such a stretch, the loop code (``_loopwatch``) turns their captures into a
-normal freeze dump:
+A C call that holds the GIL stops the watchdog thread too. The sentinel
+process (``_sentinel``), outside our GIL, notices the watchdog's silence and
+acts during the freeze. The watchdog drives it once per round (``round``)
+and, when it runs again after such a stretch, the loop code
+(``_loopwatch``) turns the captures into a normal freeze dump:
 
-- the faulthandler timer (``_faulthandler``) gives every Python stack at a
-  moment inside the freeze: ``blocking_frame``, ``loop_thread``, ``gil_held``;
-- the sentinel process (``_sentinel``) gives py-spy's native stacks taken
-  inside the freeze: ``native``.
+- faulthandler (``_faulthandler``): the sentinel signals each loop thread,
+  whose faulthandler handler writes its own Python stack at a moment inside
+  the freeze: ``blocking_frame``, ``loop_thread``, ``gil_held``;
+- py-spy, run by the sentinel: native stacks taken inside the freeze
+  (``native``), and the Python stacks too where faulthandler is off.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from . import _state
 from ._events import FreezeEvent
-from ._faulthandler import Capture, Timer
+from ._faulthandler import SIGNAL, Capture, SignalDump
 from ._sentinel import Sentinel
 from ._sinks.log import events
 from ._snapshot.frames import app_frame, source_line
@@ -41,36 +44,61 @@ class GilLayers:
     """Owned by the one Watchdog; every method runs on the watchdog thread."""
 
     def __init__(self) -> None:
-        self.timer = Timer(_conflict)
+        self.signal_dump = SignalDump(_conflict)
         self.sentinel = Sentinel()
         self._sentinel_tried = False
+        self._idents: tuple[int | None, ...] = ()
         self.captures = 0
 
     def round(self, now: float, watches: Sequence[LoopWatch], silent: float) -> Capture | None:
-        """Re-arm faulthandler, beat the sentinel; a faulthandler capture if one fired."""
+        """Beat the sentinel; the faulthandler capture it had taken, if any."""
         if not watches:
             return None
         threshold = min(w.config.threshold for w in watches)
         cap: Capture | None = None
-        # One timer per process: an opt-out by any watch (faulthandler=False)
+        # One handler per process: an opt-out by any watch (faulthandler=False)
         # leaves faulthandler entirely to the application.
-        if all(w.config.faulthandler for w in watches):
-            text = self.timer.take()
+        fh = all(w.config.faulthandler and w.config.sentinel for w in watches)
+        if fh and self.signal_dump.active:
+            if self.sentinel.signalling():
+                # The sentinel is between two loop threads: let it finish.
+                self.sentinel.wait_signalling(0.3)
+            text = self.signal_dump.take()
             if text:
                 self.captures += 1
                 cap = Capture(text, now, silent)
-            self.timer.tick(now, threshold)
-        elif self.timer.active:
-            self.timer.close()
+        elif not fh and self.signal_dump.active:
+            self.signal_dump.close()
         if not self._sentinel_tried:
-            wanted = [w for w in watches if w.config.sentinel and w.config.native]
-            if wanted:
-                self._sentinel_tried = True
-                cfg = wanted[0].config
-                self.sentinel.start(threshold, find_pyspy(cfg.pyspy_path), cfg.native_timeout)
+            self._start_sentinel(watches, threshold, fh)
         if self.sentinel.proc is not None:
-            self.sentinel.beat(threshold)
+            self._publish_loops(watches)
+            self.sentinel.beat(threshold, min(w.config.interval for w in watches) + 0.05)
         return cap
+
+    def _start_sentinel(self, watches: Sequence[LoopWatch], threshold: float,
+                        fh: bool) -> None:
+        wanted = [w for w in watches if w.config.sentinel]
+        if not wanted:
+            return
+        self._sentinel_tried = True
+        cfg = wanted[0].config
+        pyspy = find_pyspy(cfg.pyspy_path) if any(w.config.native for w in wanted) else None
+        fd = self.signal_dump.fd if fh and self.signal_dump.ensure() else -1
+        self.sentinel.start(threshold, pyspy, cfg.native_timeout, fd, int(SIGNAL))
+        if fd >= 0 and self.sentinel.proc is None:
+            self.signal_dump.close()  # nobody would send the signal
+
+    def _publish_loops(self, watches: Sequence[LoopWatch]) -> None:
+        """Tell the sentinel which threads run our loops (when that changes)."""
+        idents = tuple(w.thread_ident for w in watches)
+        if idents == self._idents:
+            return
+        self._idents = idents
+        native = {t.ident: t.native_id for t in threading.enumerate()}
+        pairs = tuple((i, n) for i in dict.fromkeys(idents)
+                      if i is not None and (n := native.get(i)) is not None)
+        self.sentinel.set_loops(pairs)
 
     def sentinel_native(self, since: float, w: LoopWatch) -> Native:
         """The sentinel's native trace taken during the freeze that began at ``since``."""
@@ -82,8 +110,10 @@ class GilLayers:
             why = sp.error or "the sentinel is not running"
         elif not sp.alive():
             why = "the sentinel process died"
+        elif not sp.pyspy:
+            why = sp.error or "py-spy not found: pip install py-spy"
         else:
-            raw = sp.take(since, wait=sp.limit + 2.0)
+            raw = sp.take(since, wait=sp.limit + 2.0) if sp.pyspy else None
             if raw is not None:
                 code = raw.get("code")
                 return native_from_output(
@@ -95,7 +125,7 @@ class GilLayers:
                       source="sentinel")
 
     def close(self) -> None:
-        self.timer.close()
+        self.signal_dump.close()
         self.sentinel.close()
 
 
@@ -127,7 +157,7 @@ def pin(snap: Snapshot, frames: tuple[Frame, ...], blocked_for: float,
     """A live snapshot re-pinned on the loop thread's stack from the faulthandler capture.
 
     Tasks, threads and in-flight units stay live (as of now, after the GIL came
-    back); faulthandler's raw text (every thread, during the freeze) is kept too.
+    back); faulthandler's raw text (the loop threads, during the freeze) is kept too.
     """
     extra = dict(snap.extra)
     extra.update(gil_held=True, captured_by=captured_by)

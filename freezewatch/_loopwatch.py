@@ -181,6 +181,11 @@ class LoopWatch:
         state = "frozen" if self._freeze else ("active" if self.active else "inactive")
         return f"<freezewatch.LoopWatch {self.name!r} {state} freezes={self.freezes}>"
 
+    @property
+    def thread_ident(self) -> int | None:
+        """The loop's thread (``threading.get_ident()``), once known."""
+        return self._thread_id
+
     # -- loop thread --------------------------------------------------------
     def _beat(self, seq: int) -> None:
         # Runs on the loop thread: two stores and an ident call. Store the time
@@ -616,7 +621,7 @@ class LoopWatch:
     def _pin_from_sentinel(self, since: float, need_held_gil: bool = False) -> bool:
         """Pin a GIL-held freeze on the loop thread's Python stack from the
         sentinel's py-spy capture taken during it (the default way: no
-        faulthandler timer, which is unsafe when it fires while Python runs)."""
+        faulthandler signal, or where faulthandler is off)."""
         gl = _gil.layers()
         cfg = self.config
         if gl is None or not (cfg.sentinel and cfg.native) or gl.sentinel.proc is None:
@@ -681,10 +686,10 @@ class LoopWatch:
 
     def _unseen_reason(self) -> str:
         cfg = self.config
-        if not (cfg.native and cfg.sentinel and self._pyspy) and not cfg.faulthandler:
+        if not cfg.sentinel or not ((cfg.native and self._pyspy) or cfg.faulthandler):
             return ("not seen live: the watchdog could not run during it (a C call holding "
-                    "the GIL?) and nothing else could look: install py-spy (the sentinel "
-                    "uses it) or set faulthandler=True")
+                    "the GIL?) and nothing else could look: install py-spy, and keep "
+                    "sentinel and faulthandler on (docs/native.md)")
         return ("not seen live: it ended before the watchdog could look, or a C call held "
                 "the GIL and py-spy could not take the loop thread's stack (see native.md)")
 

@@ -6,26 +6,39 @@ The sentinel is a separate, tiny process (this file run as a script with
 ``python -I -S``: standard library only, no site, no freezewatch import)
 started by the watchdog thread on its first round, one per process.
 
-Shared state is a 64-byte page of anonymous shared memory (``memfd``) mapped
-by both sides:
+Shared state is a 256-byte page of anonymous shared memory (``memfd``)
+mapped by both sides:
 
     offset 0   u64  heartbeat counter, bumped by the watchdog every round
     offset 8   f64  stand-down deadline (CLOCK_MONOTONIC, shared by all
-                    processes): the watchdog is running py-spy itself
+                    processes): the watchdog is silent by choice (parked,
+                    running py-spy itself, writing a dump)
     offset 16  f64  threshold
     offset 24  u64  captures written by the sentinel
     offset 32  u64  1 while the sentinel's py-spy runs
+    offset 40  u64  1 while the sentinel signals loop threads
+    offset 48  u64  the watchdog thread's native id
+    offset 56  u64  number of loop threads (at most MAX_LOOPS)
+    offset 64  MAX_LOOPS x (u64 thread ident, u64 native id)
 
 The sentinel wakes every ``threshold / 2`` s (0.05 to 0.5 s). When the
-counter has not moved for ``threshold`` seconds (at least MIN_SILENCE: on a
-loaded machine the watchdog can be late by a few hundred milliseconds
-without any held GIL, and py-spy pauses the whole process, so a sentinel that
-fired on such a delay would itself freeze the application) it runs py-spy against the
-parent once (the time limit is enforced right there, outside the frozen
-process: SIGINT, then SIGKILL to py-spy's process group, then SIGCONT to the
-parent if it was left stopped) and writes py-spy's raw output to
-``native.json`` in a private 0700 directory. The watchdog takes it from there
-when it runs again (``take``).
+counter has not moved for half the threshold and ``/proc`` shows the
+watchdog thread neither ran nor waited for a CPU meanwhile (it is blocked:
+waiting for the GIL), it sends each loop thread the faulthandler signal
+(``_faulthandler``): each writes its own Python stack into the file the
+parent shares with the sentinel, under a ``Thread 0x<ident>`` header the
+sentinel writes first. No ptrace is needed for this, only the right to
+signal our own parent.
+
+When the counter has not moved for ``threshold`` seconds (at least
+MIN_SILENCE: on a loaded machine the watchdog can be late by a few hundred
+milliseconds without any held GIL, and py-spy pauses the whole process, so
+a sentinel that fired on such a delay would itself freeze the application)
+it runs py-spy against the parent once (the time limit is enforced right
+there, outside the frozen process: SIGINT, then SIGKILL to py-spy's process
+group, then SIGCONT to the parent if it was left stopped) and writes
+py-spy's raw output to ``native.json`` in a private 0700 directory. The
+watchdog takes it from there when it runs again (``take``).
 
 It exits when the parent does: the parent holds the write end of a pipe
 that nobody writes; EOF on the read end means the parent is gone (SIGKILL
@@ -50,13 +63,19 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
-_LAYOUT = struct.Struct("<QddQQ")
+_LAYOUT = struct.Struct("<QddQQQQQ")
+_PAIR = struct.Struct("<QQ")
+MAX_LOOPS = 8
+_LOOPS_AT = 64
 MIN_SILENCE = 1.0
 """Seconds of watchdog silence before the sentinel pauses the process with py-spy."""
-_SIZE = 64
+_SIZE = 256
 RESULT = "native.json"
+_SETTLE = 0.005
+"""A signalled thread's stack is complete once the file stopped growing this long."""
 
 # Fds of the pipes to our sentinels: closed in a forked child, so that the
 # parent's sentinel still sees EOF when the parent dies. Module-level because
@@ -72,15 +91,20 @@ def _close_in_child() -> None:
     _pipe_fds.clear()
 
 
-def unavailable_reason(pyspy: str | None) -> str | None:
+def unavailable_reason(pyspy: str | None, signal_fd: int) -> str | None:
     """Why the sentinel cannot work here, or None if it can."""
     if not sys.platform.startswith("linux"):
         return f"the sentinel needs Linux (memfd, /proc), this is {sys.platform}"
     if not hasattr(os, "memfd_create"):
         return "the sentinel needs os.memfd_create"
-    if not pyspy or not os.access(pyspy, os.X_OK):
-        return "py-spy not found: pip install py-spy"
+    if signal_fd < 0 and (not pyspy or not os.access(pyspy, os.X_OK)):
+        return ("py-spy not found (pip install py-spy) and the faulthandler layer is off: "
+                "the sentinel has nothing to do")
     return None
+
+
+def _usable(pyspy: str | None) -> bool:
+    return bool(pyspy) and os.access(str(pyspy), os.X_OK)
 
 
 class Sentinel:
@@ -93,7 +117,10 @@ class Sentinel:
         self._wfd = -1
         self._dir: str | None = None
         self._count = 0
+        self._loops: tuple[tuple[int, int], ...] = ()
         self.limit = 5.0
+        self.pyspy = False
+        """The sentinel runs py-spy (False: it only signals loop threads)."""
 
     @property
     def pid(self) -> int:
@@ -102,29 +129,35 @@ class Sentinel:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, threshold: float, pyspy: str | None, limit: float) -> bool:
+    def start(self, threshold: float, pyspy: str | None, limit: float,
+              signal_fd: int = -1, signum: int = 0) -> bool:
+        """Start the process; ``pyspy`` None: no native traces; ``signal_fd`` -1: no
+        faulthandler signals (otherwise the file the handler writes to)."""
         global _fork_hook
         from ._snapshot.native import allow_ptracer, pyspy_argv
 
-        reason = unavailable_reason(pyspy)
+        reason = unavailable_reason(pyspy, signal_fd)
         if reason:
             self.error = reason
             return False
-        assert pyspy is not None
+        self.pyspy = _usable(pyspy)
         self.limit = limit
         mfd = rfd = -1
         try:
             mfd = os.memfd_create("freezewatch-heartbeat")  # close-on-exec by default
             os.ftruncate(mfd, _SIZE)
             self._mm = mmap.mmap(mfd, _SIZE)
-            _LAYOUT.pack_into(self._mm, 0, 0, 0.0, threshold, 0, 0)
+            _LAYOUT.pack_into(self._mm, 0, 0, 0.0, threshold, 0, 0, 0,
+                              threading.get_native_id(), 0)
             rfd, self._wfd = os.pipe()  # both non-inheritable; rfd is passed explicitly
             self._dir = tempfile.mkdtemp(prefix="freezewatch-sentinel-")
             poll = max(0.05, min(0.5, threshold / 2))
             argv = [sys.executable, "-I", "-S", os.path.abspath(__file__), str(os.getpid()),
                     str(mfd), str(rfd), self._dir, f"{limit:g}", f"{poll:g}",
-                    *pyspy_argv(pyspy, os.getpid())]
-            self.proc = subprocess.Popen(argv, pass_fds=(mfd, rfd), stdin=subprocess.DEVNULL,
+                    str(signal_fd), str(signum),
+                    *(pyspy_argv(str(pyspy), os.getpid()) if self.pyspy else [])]
+            fds = (mfd, rfd) if signal_fd < 0 else (mfd, rfd, signal_fd)
+            self.proc = subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         except (OSError, ValueError) as e:
             self.error = f"the sentinel could not start: {e}"
@@ -142,13 +175,35 @@ class Sentinel:
             os.register_at_fork(after_in_child=_close_in_child)
         return True
 
-    def beat(self, threshold: float) -> None:
-        """One watchdog round: bump the counter (two stores into shared memory)."""
+    def beat(self, threshold: float, next_within: float) -> None:
+        """One watchdog round: bump the counter, and say the next beat comes within
+        ``next_within`` s (silence counts only after that). Three stores."""
         mm = self._mm
         if mm is not None:
             self._count += 1
             struct.pack_into("<Q", mm, 0, self._count)
+            struct.pack_into("<d", mm, 8, time.monotonic() + next_within)
             struct.pack_into("<d", mm, 16, threshold)
+
+    def set_loops(self, loops: tuple[tuple[int, int], ...]) -> None:
+        """The loop threads to signal: (thread ident, native id) pairs."""
+        mm = self._mm
+        if mm is None or loops == self._loops:
+            return
+        self._loops = loops
+        loops = loops[:MAX_LOOPS]
+        # Pairs first, count last: the sentinel reads the count, then the pairs.
+        for i, (ident, native) in enumerate(loops):
+            _PAIR.pack_into(mm, _LOOPS_AT + i * _PAIR.size, ident, native)
+        struct.pack_into("<Q", mm, 56, len(loops))
+
+    def signalling(self) -> bool:
+        return self._mm is not None and struct.unpack_from("<Q", self._mm, 40)[0] == 1
+
+    def wait_signalling(self, limit: float) -> None:
+        deadline = time.monotonic() + limit
+        while self.signalling() and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def stand_down(self, seconds: float) -> None:
         """The watchdog runs py-spy itself for up to ``seconds``: do not interfere."""
@@ -239,14 +294,110 @@ def _write_result(directory: str, doc: dict[str, object]) -> None:
     os.replace(tmp, os.path.join(directory, RESULT))
 
 
+# futex(2) by machine: a thread blocked in it waits for the GIL (or a lock).
+_FUTEX = {"x86_64": 202, "aarch64": 98, "i686": 240, "armv7l": 240, "ppc64le": 221,
+          "s390x": 238, "riscv64": 98}
+_TGKILL = {"x86_64": 234, "aarch64": 131, "i686": 270, "armv7l": 268, "ppc64le": 250,
+           "s390x": 241, "riscv64": 131}
+
+
+def _schedstat(parent: int, tid: int) -> tuple[float, float] | None:
+    """(seconds on a CPU, seconds waiting for one) of a thread of ``parent``."""
+    try:
+        with open(f"/proc/{parent}/task/{tid}/schedstat", "rb") as f:
+            ran, waited = f.read().split()[:2]
+        return int(ran) / 1e9, int(waited) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
+def _in_futex(parent: int, tid: int) -> bool | None:
+    """True/False if /proc says whether the thread sits in futex(2); None if unknown."""
+    nr = _FUTEX.get(os.uname().machine)
+    try:
+        with open(f"/proc/{parent}/task/{tid}/syscall", "rb") as f:
+            first = f.read().split()[0]
+    except (OSError, IndexError):
+        return None
+    if nr is None:
+        return None
+    return first.isdigit() and int(first) == nr
+
+
+def _watchdog_blocked(parent: int, tid: int, base: tuple[float, float] | None,
+                      silence: float) -> bool:
+    """The watchdog thread neither ran nor queued for a CPU through most of its
+    silence, and sits in futex(2): it waits for the GIL, which no thread
+    running bytecode keeps for long (it hands it over within the switch
+    interval). Only then is it safe to interrupt a loop thread."""
+    now = _schedstat(parent, tid) if tid else None
+    if now is None or base is None:
+        return False
+    ran, waited = now[0] - base[0], now[1] - base[1]
+    if ran + waited > 0.25 * silence:
+        return False  # it ran (long Python work) or was starved of a CPU
+    return _in_futex(parent, tid) is not False
+
+
+class _Signaller:
+    """Sends the faulthandler signal to one thread of the parent (``tgkill``)."""
+
+    def __init__(self, parent: int, signum: int) -> None:
+        self.parent, self.signum = parent, signum
+        self._fn: object = None
+
+    def _tgkill(self, tid: int) -> bool:
+        import ctypes  # only when needed: most sentinels never signal
+
+        if self._fn is None:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = getattr(libc, "tgkill", None)  # glibc >= 2.30
+            nr = _TGKILL.get(os.uname().machine)
+            if fn is None and nr is not None:
+                def fn(pid: int, t: int, sig: int, _sc: object = libc.syscall) -> int:
+                    return int(_sc(nr, pid, t, sig))  # type: ignore[operator]
+            self._fn = fn or False
+        if not self._fn:
+            return False
+        return int(self._fn(self.parent, tid, self.signum)) == 0  # type: ignore[operator]
+
+    def dump(self, fd: int, loops: list[tuple[int, int]]) -> None:
+        """Each loop thread writes its stack under a header naming it, one at a time."""
+        for ident, tid in loops:
+            try:
+                before = os.fstat(fd).st_size
+                os.write(fd, f"Thread 0x{ident:x} (most recent call first):\n".encode())
+                if not self._tgkill(tid):
+                    continue
+                size, stable_since, deadline = -1, 0.0, time.monotonic() + 0.2
+                while time.monotonic() < deadline:
+                    cur = os.fstat(fd).st_size
+                    now = time.monotonic()
+                    if cur != size:
+                        size, stable_since = cur, now
+                    elif cur > before and now - stable_since >= _SETTLE:
+                        break
+                    time.sleep(0.001)
+            except OSError:
+                return
+
+
+def _loops(mm: mmap.mmap) -> list[tuple[int, int]]:
+    n = min(MAX_LOOPS, struct.unpack_from("<Q", mm, 56)[0])
+    return [_PAIR.unpack_from(mm, _LOOPS_AT + i * _PAIR.size) for i in range(n)]
+
+
 def main(argv: list[str]) -> int:
     parent, mfd, rfd = int(argv[0]), int(argv[1]), int(argv[2])
-    directory, limit, poll, pyspy = argv[3], float(argv[4]), float(argv[5]), argv[6:]
+    directory, limit, poll = argv[3], float(argv[4]), float(argv[5])
+    signal_fd, signum, pyspy = int(argv[6]), int(argv[7]), argv[8:]
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     mm = mmap.mmap(mfd, _SIZE)
+    signaller = _Signaller(parent, signum) if signal_fd >= 0 and signum else None
     last = -1
-    last_change = time.monotonic()
-    done_for_this_stall = False
+    quiet_until = time.monotonic()  # silence counts from here: last beat, or its planned sleep
+    base: tuple[float, float] | None = None  # the watchdog's schedstat at its last beat
+    signalled = pyspy_done = False
     captures = 0
     try:
         while True:
@@ -255,22 +406,37 @@ def main(argv: list[str]) -> int:
                 return 0  # EOF: the parent is gone (or closed us)
             if os.getppid() != parent:
                 return 0  # re-parented: the parent died
-            count, stand_down, threshold, _, _ = _LAYOUT.unpack_from(mm, 0)
+            count, stand_down, threshold, _, _, _, wd_tid, _ = _LAYOUT.unpack_from(mm, 0)
             now = time.monotonic()
-            if count != last or stand_down > now:
-                last, last_change, done_for_this_stall = count, now, False
+            if count != last:
+                last, quiet_until, signalled, pyspy_done = count, now, False, False
+                base = _schedstat(parent, wd_tid) if signaller and wd_tid else None
+            # The watchdog says how long it means to sleep (or to be busy on
+            # purpose): silence counts only after that.
+            quiet_until = max(quiet_until, stand_down)
+            silence = now - quiet_until
+            if silence <= 0:
                 continue
-            if done_for_this_stall or now - last_change < max(threshold, MIN_SILENCE):
+            if (signaller is not None and not signalled and silence >= threshold / 2
+                    and _watchdog_blocked(parent, wd_tid, base, silence)):
+                # The GIL is held: every loop thread's Python stack, now.
+                signalled = True
+                struct.pack_into("<Q", mm, 40, 1)
+                try:
+                    signaller.dump(signal_fd, _loops(mm))
+                finally:
+                    struct.pack_into("<Q", mm, 40, 0)
+            if not pyspy or pyspy_done or silence < max(threshold, MIN_SILENCE):
                 continue
             # The watchdog has been silent for a threshold: take the native
             # trace now, while whatever holds the GIL still holds it.
-            done_for_this_stall = True
+            pyspy_done = True
             struct.pack_into("<Q", mm, 32, 1)
             taken_at = time.monotonic()
             code, out, err = _run_pyspy(pyspy, limit, parent)
             captures += 1
             _write_result(directory, {"taken_at": taken_at, "ended_at": time.monotonic(),
-                                      "silent_for": taken_at - last_change, "code": code,
+                                      "silent_for": taken_at - quiet_until, "code": code,
                                       "stdout": out, "stderr": err, "limit": limit})
             struct.pack_into("<Q", mm, 24, captures)
             struct.pack_into("<Q", mm, 32, 0)

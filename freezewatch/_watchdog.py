@@ -88,8 +88,7 @@ class Watchdog:
     def _park(self, watches: tuple[LoopWatch, ...], min_threshold: float) -> float | None:
         """Sleep longer than ``interval`` when every loop waits in its selector.
 
-        Capped below what the sentinel and the faulthandler timer tolerate: both
-        take a silent watchdog for a held GIL."""
+        The sentinel is told the silence is chosen (``stand_down``)."""
         if not watches:
             return None
         now = time.monotonic()
@@ -101,8 +100,6 @@ class Watchdog:
                     x.unpark()
                 return None
             waits.append(sleep)
-        if self.gil.timer.active:  # the faulthandler timer must be re-armed in time
-            waits.append(0.9 * min_threshold / 2)
         notifier = _state.notifier
         if notifier is not None:  # systemd must be fed on time
             waits.append(notifier.period / 2)

@@ -154,8 +154,8 @@ def _dump_dir(config: pytest.Config) -> str:
 
 
 # Production layers a test run does not want, unless its environment asks:
-# py-spy is slow, pytest owns faulthandler (it cancels the timer on every
-# failure), a sentinel process per test phase is waste, systemd is not there.
+# py-spy is slow, a sentinel process per test phase is waste (and the
+# faulthandler layer needs it), systemd is not there.
 _OFF_IN_TESTS = ("native", "faulthandler", "sentinel", "systemd_watchdog")
 
 

@@ -1,12 +1,16 @@
-"""Freezes that hold the GIL: pinned by faulthandler, native frames from the sentinel."""
+"""Freezes that hold the GIL: pinned by faulthandler (signalled by the sentinel) or py-spy,
+native frames from the sentinel."""
 
 from __future__ import annotations
 
 import asyncio
 import faulthandler
 import math
+import os
 import re
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,12 +58,14 @@ def _timed(n: int) -> float:
 
 @pytest.fixture(autouse=True)
 def _faulthandler_back() -> Iterator[None]:
-    """faulthandler's timer is process-wide: leave it as the test found it."""
+    """faulthandler's timer and handlers are process-wide: leave them as the test found them."""
     yield
     freezewatch.uninstall()
     faulthandler.cancel_dump_traceback_later()
+    if _faulthandler._app_took_over:
+        _faulthandler._real_unregister(_faulthandler.SIGNAL)
     _faulthandler._app_took_over = False
-    _faulthandler._armed_pid = 0
+    _faulthandler._registered_pid = 0
 
 
 def _only_dump(dump_dir: Path) -> dict[str, Any]:
@@ -159,14 +165,15 @@ def test_faulthandler_off_gil_freeze_is_not_pinned(dump_dir: Path, events: Any) 
     assert doc["duration"] >= 0.4 and doc["native"]["ok"] is False
 
 
-def test_app_timer_keeps_working_with_layer_disabled(dump_dir: Path) -> None:
-    """An app that armed faulthandler itself keeps its timer with FREEZEWATCH_FAULTHANDLER=0."""
+@pytest.mark.parametrize("layer", [False, True], ids=["layer-off", "layer-on"])
+def test_app_timer_keeps_working(layer: bool, dump_dir: Path) -> None:
+    """An app that armed faulthandler's timer itself keeps it, with the layer on or off."""
     with tempfile.TemporaryFile() as own:
         faulthandler.dump_traceback_later(0.6, file=own)
 
         async def main() -> None:
             freezewatch.install(threshold=0.3, interval=0.05, dump_dir=str(dump_dir),
-                                native=False, faulthandler=False)
+                                native=False, faulthandler=layer)
             await asyncio.sleep(0.2)
             time.sleep(1.0)  # pin: app-timer
             await asyncio.sleep(0.3)
@@ -180,40 +187,102 @@ def test_app_timer_keeps_working_with_layer_disabled(dump_dir: Path) -> None:
     assert _only_dump(dump_dir)["blocking_frame"]["line"] == line  # freezewatch still works
 
 
-def test_app_arming_after_install_is_detected_and_kept(dump_dir: Path, events: Any) -> None:
-    """The app arms faulthandler after install(): an event says so and the app's timer fires."""
+def test_app_taking_our_signal_is_detected_and_kept(dump_dir: Path, events: Any) -> None:
+    """The app registers faulthandler on freezewatch's signal: an event says so, the
+    app's handler is the one that runs, and uninstall() leaves it in place."""
+    sig = _faulthandler.SIGNAL
+    with tempfile.TemporaryFile() as own:
+
+        async def main() -> None:
+            freezewatch.install(threshold=0.3, interval=0.05, dump_dir=str(dump_dir),
+                                native=False)
+            await asyncio.sleep(0.3)  # the sentinel is up, our handler registered
+            wd = _state.watchdog
+            assert wd is not None and wd.gil.signal_dump.active
+            faulthandler.register(sig, file=own, all_threads=False)
+            await asyncio.sleep(0.2)
+            assert not wd.gil.signal_dump.active
+
+        asyncio.run(main())
+        freezewatch.uninstall()
+        signal.pthread_kill(threading.get_ident(), sig)  # pin: app-signal
+        own.seek(0)
+        text = own.read().decode()
+    ev = events.wait("faulthandler_conflict")
+    assert "faulthandler.register()" in str(ev["reason"]) and f"signal {sig}" in str(ev["reason"])
+    assert "FREEZEWATCH_FAULTHANDLER=0" in str(ev["reason"])
+    _, line, _ = _pin("app-signal")
+    assert f'File "{__file__}", line {line} in ' in text
+
+
+def test_signal_already_handled_is_left_alone(dump_dir: Path, events: Any) -> None:
+    """A Python handler already set on freezewatch's signal: the layer stays off, says why."""
+    sig = _faulthandler.SIGNAL
+    got: list[int] = []
+    old = signal.signal(sig, lambda n, _f: got.append(n))
+    try:
+        async def main() -> None:
+            freezewatch.install(threshold=0.3, interval=0.05, dump_dir=str(dump_dir),
+                                native=False)
+            await asyncio.sleep(0.3)
+            os.kill(os.getpid(), sig)
+            await asyncio.sleep(0.05)
+
+        asyncio.run(main())
+        assert got == [sig]  # the application's handler still runs
+        ev = events.wait("faulthandler_conflict")
+        assert "already has a handler" in str(ev["reason"]) or "signal handler" in str(ev["reason"])
+    finally:
+        signal.signal(sig, old)
+
+
+@pytest.mark.parametrize("work", ["python-callbacks", "idle"])
+def test_no_signal_while_python_runs(work: str, dump_dir: Path) -> None:
+    """A healthy loop, busy with Python callbacks or idle: the sentinel never interrupts it
+    (a signal is sent only while the watchdog is blocked on a held GIL)."""
+
+    async def main() -> tuple[int, int]:
+        # The watchdog sleeps 0.15 s between rounds, more than half the threshold:
+        # that planned sleep must not count as silence.
+        freezewatch.install(threshold=0.2, interval=0.15, dump_dir=str(dump_dir), native=False)
+        await asyncio.sleep(0.3)
+        wd = _state.watchdog
+        assert wd is not None and wd.gil.sentinel.alive() and wd.gil.signal_dump.active
+        end = time.monotonic() + 3.0
+        n = 0
+        while time.monotonic() < end:
+            if work == "idle":
+                await asyncio.sleep(0.1)
+                continue
+            for _ in range(200):
+                n += len(str(list(range(50))))
+            await asyncio.sleep(0)
+        return wd.gil.captures, wd.gil.signal_dump.fd
+
+    captures, fd = asyncio.run(main())
+    assert fd >= 0
+    assert captures == 0
+    assert not list(dump_dir.glob("freeze-*.json"))
+
+
+def test_gil_freeze_pinned_without_pyspy(dump_dir: Path, events: Any) -> None:
+    """No py-spy at all: faulthandler, signalled by the sentinel, still pins the regex line;
+    native.ok is false and says why."""
+    subject = _calibrate(2.0)
 
     async def main() -> None:
-        freezewatch.install(threshold=0.3, interval=0.05, dump_dir=str(dump_dir), native=False,
-                            faulthandler=True)
-        await asyncio.sleep(0.3)  # our timer is armed and re-armed
-        wd = _state.watchdog
-        assert wd is not None and wd.gil.timer.rearms > 0
-        with tempfile.TemporaryFile() as own:
-            faulthandler.dump_traceback_later(0.5, file=own)
-            await asyncio.sleep(1.0)  # the watchdog keeps running: it must not re-arm over it
-            own.seek(0)
-            text = own.read().decode()
-        assert "Timeout (0:00:00.500000)!" in text
+        freezewatch.install(threshold=0.5, interval=0.05, dump_dir=str(dump_dir),
+                            pyspy_path="/nonexistent/py-spy")
+        await asyncio.sleep(0.6)
+        _EVIL.match(subject)  # pin: no-pyspy
+        await asyncio.sleep(0.3)
 
     asyncio.run(main())
-    ev = events.wait("faulthandler_conflict")
-    assert "dump_traceback_later" in str(ev["reason"])
-    assert "FREEZEWATCH_FAULTHANDLER=0" in str(ev["reason"])
-
-
-def test_timer_rearm_rate_is_bounded(dump_dir: Path) -> None:
-    """The faulthandler timer is re-armed about every threshold/2, not every heartbeat."""
-
-    async def main() -> int:
-        freezewatch.install(threshold=0.4, interval=0.02, dump_dir=str(dump_dir), native=False,
-                            faulthandler=True)
-        await asyncio.sleep(0.2)
-        wd = _state.watchdog
-        assert wd is not None
-        before = wd.gil.timer.rearms
-        await asyncio.sleep(2.0)
-        return wd.gil.timer.rearms - before
-
-    rearms = asyncio.run(main())
-    assert 3 <= rearms <= 12  # ~2.0 / 0.2 = 10; ~100 watchdog rounds meanwhile
+    events.wait("freeze_ended", timeout=20)
+    doc = wait_for(lambda: (d := _only_dump(dump_dir)).get("duration") and d, 20)
+    file, line, _ = _pin("no-pyspy")
+    assert doc["gil_held"] is True and doc["captured_by"] == "faulthandler"
+    assert (doc["blocking_frame"]["file"], doc["blocking_frame"]["line"]) == (file, line)
+    assert doc["native"]["ok"] is False
+    assert "py-spy not found" in doc["native"]["error"]
+    assert f"line {line} in main" in doc["faulthandler"]
