@@ -286,3 +286,35 @@ def test_gil_freeze_pinned_without_pyspy(dump_dir: Path, events: Any) -> None:
     assert doc["native"]["ok"] is False
     assert "py-spy not found" in doc["native"]["error"]
     assert f"line {line} in main" in doc["faulthandler"]
+
+
+def test_gil_freeze_on_a_loop_in_another_thread(dump_dir: Path, events: Any) -> None:
+    """A loop in a background thread (watched with loop=) holds the GIL in a regex: the
+    sentinel signals that thread, and its dump pins the regex line there."""
+    subject = _calibrate(2.0)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    async def work() -> None:
+        ready.set()
+        await asyncio.sleep(0.8)
+        _EVIL.match(subject)  # pin: bg-thread
+        await asyncio.sleep(0.3)
+
+    worker = threading.Thread(target=loop.run_until_complete, args=(work(),), name="bg-loop")
+    freezewatch.install(loop=loop, threshold=0.5, interval=0.05, dump_dir=str(dump_dir),
+                        native=False, name="bg")
+    worker.start()
+    try:
+        assert ready.wait(5)
+        ev = events.wait("freeze_ended", timeout=20)
+    finally:
+        worker.join(20)
+        freezewatch.uninstall()
+        loop.close()
+    assert ev["loop"] == "bg"
+    doc = assert_contract(Path(str(ev["dump_path"])))
+    file, line, _ = _pin("bg-thread")
+    assert doc["gil_held"] is True and doc["captured_by"] == "faulthandler"
+    assert (doc["blocking_frame"]["file"], doc["blocking_frame"]["line"]) == (file, line)
+    assert doc["loop"]["thread_name"] == "bg-loop"
