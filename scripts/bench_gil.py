@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_proc import delta, tree_cpu  # noqa: E402
+from _bench_proc import delta, tree_cpu
 
 SETUPS = ("layers on", "layers off", "none")
 
