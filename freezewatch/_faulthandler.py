@@ -25,9 +25,11 @@ The sentinel writes ``Thread 0x<ident> (most recent call first):`` before
 each signal, so the file reads like faulthandler's all-threads output and
 ``parse`` maps each stack to its thread.
 
-The output goes to an unlinked temporary file (mode 0600, no name: nobody
+The output goes to an anonymous in-memory file (``memfd``: no name, nobody
 else can open it; the sentinel gets the descriptor), never to the
-application's stderr.
+application's stderr. Not ``tempfile``: its first use takes a module lock,
+and a fork while the watchdog holds it would leave the child's watchdog
+blocked forever.
 
 faulthandler keeps one handler per signal. freezewatch does not take
 ``SIGNAL`` if a handler is already set for it, and an application that
@@ -44,9 +46,8 @@ import faulthandler
 import os
 import re
 import signal
-import tempfile
 from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 from ._snapshot.frames import source_line
 from ._snapshot.model import Frame
@@ -112,8 +113,9 @@ def _wrap_once() -> None:
 
 def unavailable_reason() -> str | None:
     """Why the layer cannot work here (None if it can)."""
-    if not SIGNAL or not hasattr(faulthandler, "register"):
-        return "faulthandler.register or real-time signals are missing on this platform"
+    if not SIGNAL or not hasattr(faulthandler, "register") or not hasattr(os, "memfd_create"):
+        return ("faulthandler.register, real-time signals or memfd_create are missing on "
+                "this platform")
     if _app_took_over:
         return f"the application uses signal {SIGNAL} with faulthandler"
     return None
@@ -124,18 +126,18 @@ class SignalDump:
 
     def __init__(self, on_conflict: Callable[[str], None]) -> None:
         global _on_conflict
-        self._file: IO[bytes] | None = None
+        self._fd = -1
         self.error: str | None = None
         _on_conflict = on_conflict
 
     @property
     def active(self) -> bool:
-        return self._file is not None and not _app_took_over
+        return self._fd >= 0 and not _app_took_over
 
     @property
     def fd(self) -> int:
         """The output file's descriptor (the sentinel writes thread headers to it), or -1."""
-        return self._file.fileno() if self.active and self._file is not None else -1
+        return self._fd if self.active else -1
 
     def ensure(self) -> bool:
         """Register the handler once per process; True when it is in place."""
@@ -156,10 +158,10 @@ class SignalDump:
             return False
         try:
             _wrap_once()
-            if self._file is None:
+            if self._fd < 0:
                 # Lives as long as the handler: faulthandler writes to it from C.
-                self._file = tempfile.TemporaryFile(prefix="freezewatch-fh-")  # noqa: SIM115
-            _real_register(SIGNAL, file=self._file, all_threads=False, chain=False)
+                self._fd = os.memfd_create("freezewatch-faulthandler")  # close-on-exec
+            _real_register(SIGNAL, file=self._fd, all_threads=False, chain=False)
         except (OSError, RuntimeError, ValueError) as e:
             self.error = f"faulthandler.register failed: {e}"
             return False
@@ -168,10 +170,9 @@ class SignalDump:
 
     def take(self) -> str | None:
         """The capture written since the last call, or None (the file is emptied)."""
-        f = self._file
-        if f is None:
+        fd = self._fd
+        if fd < 0:
             return None
-        fd = f.fileno()
         try:
             if os.fstat(fd).st_size == 0:
                 return None
@@ -189,9 +190,9 @@ class SignalDump:
         if _registered_pid == os.getpid() and not _app_took_over:
             _real_unregister(SIGNAL)
             _registered_pid = 0
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def parse(text: str) -> dict[int, tuple[Frame, ...]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -44,6 +45,10 @@ class GilLayers:
     """Owned by the one Watchdog; every method runs on the watchdog thread."""
 
     def __init__(self) -> None:
+        # Created by install() on the application's thread: tempfile's first
+        # use takes a module lock; taken here, never on the watchdog thread
+        # (a fork while the watchdog held it would block the child's watchdog).
+        tempfile.gettempdir()
         self.signal_dump = SignalDump(_conflict)
         self.sentinel = Sentinel()
         self._sentinel_tried = False

@@ -150,7 +150,12 @@ class Sentinel:
             _LAYOUT.pack_into(self._mm, 0, 0, 0.0, threshold, 0, 0, 0,
                               threading.get_native_id(), 0)
             rfd, self._wfd = os.pipe()  # both non-inheritable; rfd is passed explicitly
-            self._dir = tempfile.mkdtemp(prefix="freezewatch-sentinel-")
+            # Not tempfile.mkdtemp on this thread: its first use takes a
+            # module lock, and a fork meanwhile would leave the child's
+            # watchdog blocked on it. gettempdir() was cached at install.
+            self._dir = os.path.join(tempfile.gettempdir(),
+                                     f"freezewatch-sentinel-{os.getpid()}-{os.urandom(6).hex()}")
+            os.mkdir(self._dir, 0o700)
             poll = max(0.05, min(0.5, threshold / 2))
             argv = [sys.executable, "-I", "-S", os.path.abspath(__file__), str(os.getpid()),
                     str(mfd), str(rfd), self._dir, f"{limit:g}", f"{poll:g}",
