@@ -28,7 +28,7 @@ from ._faulthandler import SIGNAL, Capture, SignalDump
 from ._sentinel import Sentinel
 from ._sinks.log import events
 from ._snapshot.frames import app_frame, source_line
-from ._snapshot.model import Frame, Native, Snapshot
+from ._snapshot.model import Frame, Native, Snapshot, TaskGroup
 from ._snapshot.native import capture_native, find_pyspy, native_from_output
 
 if TYPE_CHECKING:
@@ -171,7 +171,26 @@ def pin(snap: Snapshot, frames: tuple[Frame, ...], blocked_for: float,
     return dataclasses.replace(
         snap, loop_frames=frames, blocking_frame=frames[-1], app_frame=app_frame(frames),
         blocked_for=blocked_for, extra=extra,
+        current_task=snap.current_task or running_task(frames, snap.tasks),
     )
+
+
+def running_task(frames: tuple[Frame, ...], groups: Sequence[TaskGroup]) -> str | None:
+    """The task that was running in a stack captured during the freeze.
+
+    The live snapshot is taken after the GIL came back, when that task no
+    longer runs; but its outermost coroutine frame is in the captured stack.
+    The first frame (outermost first) that starts exactly one task's await
+    chain names it; None if no frame does, or several tasks could be it."""
+    for f in frames:
+        key = (f.file, f.function)
+        hits = [g for g in groups if g.await_chain
+                and (g.await_chain[0].file, g.await_chain[0].function) == key]
+        if hits:
+            if sum(g.count for g in hits) == 1 and hits[0].names:
+                return hits[0].names[0]
+            return None
+    return None
 
 
 def idle(frames: tuple[Frame, ...], idle_at: tuple[str, int] | None) -> bool:

@@ -270,14 +270,17 @@ def test_gil_freeze_pinned_without_pyspy(dump_dir: Path, events: Any) -> None:
     native.ok is false and says why."""
     subject = _calibrate(2.0)
 
-    async def main() -> None:
+    async def main() -> str:
         freezewatch.install(threshold=0.5, interval=0.05, dump_dir=str(dump_dir),
                             pyspy_path="/nonexistent/py-spy")
         await asyncio.sleep(0.6)
         _EVIL.match(subject)  # pin: no-pyspy
         await asyncio.sleep(0.3)
+        task = asyncio.current_task()
+        assert task is not None
+        return task.get_name()
 
-    asyncio.run(main())
+    task_name = asyncio.run(main())
     events.wait("freeze_ended", timeout=20)
     doc = wait_for(lambda: (d := _only_dump(dump_dir)).get("duration") and d, 20)
     file, line, _ = _pin("no-pyspy")
@@ -286,6 +289,7 @@ def test_gil_freeze_pinned_without_pyspy(dump_dir: Path, events: Any) -> None:
     assert doc["native"]["ok"] is False
     assert "py-spy not found" in doc["native"]["error"]
     assert f"line {line} in main" in doc["faulthandler"]
+    assert doc["current_task"] == task_name  # the task that ran the regex, from its stack
 
 
 def test_gil_freeze_on_a_loop_in_another_thread(dump_dir: Path, events: Any) -> None:
