@@ -82,6 +82,11 @@ def _reset_freezewatch() -> Iterator[None]:
     freezewatch.uninstall()
     _events.flush(2.0)
     _state.reset()
+    # A watchdog that stopped itself (its last loop closed) may still be letting
+    # its sentinel go: the next test starts without it.
+    for t in threading.enumerate():
+        if t.name == "freezewatch-watchdog":
+            t.join(5.0)
 
 
 @pytest.fixture
