@@ -32,6 +32,7 @@ from ._snapshot.model import Frame, Native, Snapshot, TaskGroup
 from ._snapshot.native import capture_native, find_pyspy, native_from_output
 
 if TYPE_CHECKING:
+    from ._loopstate import LoopState
     from ._loopwatch import LoopWatch
 
 
@@ -105,7 +106,7 @@ class GilLayers:
                       if i is not None and (n := native.get(i)) is not None)
         self.sentinel.set_loops(pairs)
 
-    def sentinel_native(self, since: float, w: LoopWatch) -> Native:
+    def sentinel_native(self, since: float, w: LoopState) -> Native:
         """The sentinel's native trace taken during the freeze that began at ``since``."""
         cfg = w.config
         sp = self.sentinel
@@ -139,7 +140,7 @@ def layers() -> GilLayers | None:
     return getattr(wd, "gil", None) if wd is not None else None
 
 
-def live_native(w: LoopWatch, pyspy: str | None) -> Native:
+def live_native(w: LoopState, pyspy: str | None) -> Native:
     """py-spy run by the watchdog during a live freeze; the sentinel stands down meanwhile
     and gets the PR_SET_PTRACER slot back afterwards."""
     gl = layers()
@@ -182,10 +183,12 @@ def running_task(frames: tuple[Frame, ...], groups: Sequence[TaskGroup]) -> str 
     longer runs; but its outermost coroutine frame is in the captured stack.
     The first frame (outermost first) that starts exactly one task's await
     chain names it; None if no frame does, or several tasks could be it."""
+    def key(f: Frame) -> tuple[str, str]:
+        # faulthandler names a function by co_name, the await chain by co_qualname.
+        return f.file, f.function.rsplit(".", 1)[-1]
+
     for f in frames:
-        key = (f.file, f.function)
-        hits = [g for g in groups if g.await_chain
-                and (g.await_chain[0].file, g.await_chain[0].function) == key]
+        hits = [g for g in groups if g.await_chain and key(g.await_chain[0]) == key(f)]
         if hits:
             if sum(g.count for g in hits) == 1 and hits[0].names:
                 return hits[0].names[0]

@@ -18,10 +18,10 @@ from ._sinks.log import events
 from ._snapshot.model import Snapshot
 
 if TYPE_CHECKING:
-    from ._loopwatch import LoopWatch
+    from ._loopstate import LoopState
 
 
-def write(w: LoopWatch, snap: Snapshot | dict[str, Any], rewrite: str | None = None,
+def write(w: LoopState, snap: Snapshot | dict[str, Any], rewrite: str | None = None,
           signature: str | None = None) -> str | None:
     """Write (or rewrite) a dump for ``w``; returns the .json path, None on failure.
 
@@ -56,11 +56,11 @@ def rate_limited(signature: str, window: float) -> bool:
     return last is not None and time.monotonic() - last < window
 
 
-def emit(w: LoopWatch, event: FreezeEvent, level: str = "warning") -> None:
+def emit(w: LoopState, event: FreezeEvent, level: str = "warning") -> None:
     events.emit(event, w.hooks, level)
 
 
-def event_for(event: str, w: LoopWatch, snap: Snapshot, seconds: float, path: str | None,
+def event_for(event: str, w: LoopState, snap: Snapshot, seconds: float, path: str | None,
               reason: str | None = None) -> FreezeEvent:
     return FreezeEvent(
         event,
