@@ -32,9 +32,11 @@ def _frozen(w: LoopWatch) -> tuple[float, bool]:
 def after_round(watches: Sequence[LoopWatch], now: float) -> None:
     """Watchdog thread, once per round: sample gauges, feed systemd if healthy."""
     global sample_errors
+    notifier = _state.notifier
     healthy = True
     for w in watches:
-        healthy = healthy and not _frozen(w)[1]
+        if notifier is not None:  # only systemd's pings need the verdict
+            healthy = healthy and not _frozen(w)[1]
         try:
             _metrics.sample(w, now)
         except Exception as e:  # boundary: the metrics sink; liveness goes on
@@ -42,7 +44,6 @@ def after_round(watches: Sequence[LoopWatch], now: float) -> None:
             if sample_errors == 1:
                 events.emit(FreezeEvent("metrics_error", w.name, 0.0,
                                         reason=f"{type(e).__name__}: {e}"), (), "error")
-    notifier = _state.notifier
     if notifier is not None:
         notifier.maybe_ping(now, healthy)
 

@@ -9,9 +9,11 @@ wrap the loop's selector: the wrapper records that the loop sits in
 the watchdog's event. The watchdog then sleeps up to ``idle_beat_every``
 while every loop is idle, yet sees a loop that wakes up at once.
 
-Cost on the loop thread: one Python call and three attribute stores per
-loop iteration (about 0.3 µs); the event is set only on the first wake-up
-after the watchdog parked. uvloop has no Python selector: it keeps the
+Cost on the loop thread: one Python call and two or three attribute stores
+per loop iteration (about 0.25 µs); the event is set only on the first
+wake-up after the watchdog parked, and the watchdog does not park while the
+loop is busy (see _watchdog.PARK_MAX_EXITS), so a busy loop never pays for
+the wake-up. uvloop has no Python selector: it keeps the
 polling watchdog (with the idle-frame heartbeat skip).
 
 Races: the wrapper writes ``in_select``/``exits`` before it reads
@@ -35,7 +37,7 @@ HANDOFF_MAX = 0.005
 class IdleState:
     """Shared by one loop's selector wrapper (loop thread) and its LoopWatch (watchdog)."""
 
-    __slots__ = ("due", "exits", "handoff", "in_select", "parked", "wake", "woke_at")
+    __slots__ = ("due", "exits", "handoff", "in_select", "parked", "wake", "wakes", "woke_at")
 
     def __init__(self, wake: Callable[[], None],
                  handoff: threading.Event | None = None) -> None:
@@ -44,6 +46,7 @@ class IdleState:
         self.parked = False  # the watchdog sleeps, counting on us to wake it
         self.wake = wake
         self.woke_at = 0.0  # when the loop last woke a parked watchdog (monotonic)
+        self.wakes = 0  # times the loop woke a parked watchdog (benchmarks)
         # GIL hand-off: when the watchdog is due to wake (``due``, monotonic;
         # 0.0: not armed) and the loop is saturated, the loop waits on
         # ``handoff`` once so the watchdog can take the GIL (see select()).
@@ -57,22 +60,31 @@ class WakingSelector:
     def __init__(self, inner: selectors.BaseSelector, state: IdleState) -> None:
         self._fw_inner = inner
         self._fw_state = state
+        self._fw_select = inner.select  # bound once: one lookup less per loop iteration
 
     def select(self, timeout: float | None = None) -> Any:
+        # The loop thread's hot path: one call per loop iteration (about one per
+        # request on a busy server), so it does only what the watchdog needs
+        # (scripts/overhead_breakdown.py measures it).
         st = self._fw_state
-        # select(0) is a poll between ready callbacks: busy, not idle.
-        st.in_select = timeout is None or timeout > 0
+        if timeout is None or timeout > 0:
+            st.in_select = True  # waiting for I/O: idle
+            try:
+                return self._fw_select(timeout)
+            finally:
+                st.in_select = False
+                st.exits += 1
+                if st.parked:
+                    _woke(st)
+        # select(0) is a poll between ready callbacks: busy, not idle
+        # (in_select stays False, as the last select left it).
         try:
-            return self._fw_inner.select(timeout)
+            return self._fw_select(timeout)
         finally:
-            st.in_select = False
             st.exits += 1
             if st.parked:
-                st.parked = False
-                st.woke_at = time.monotonic()
-                st.wake()
-            elif st.due and timeout == 0 and st.handoff is not None and (
-                    time.monotonic() >= st.due):
+                _woke(st)
+            elif st.due and time.monotonic() >= st.due and st.handoff is not None:
                 # GIL convoy: a saturated loop releases and re-takes the GIL on
                 # every select(0); each release wakes the waiting watchdog, which
                 # then loses the race again, burning CPU and slowing this loop
@@ -85,6 +97,14 @@ class WakingSelector:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._fw_inner, name)
+
+
+def _woke(st: IdleState) -> None:
+    """The loop left select() while the watchdog was parked: wake it (rare path)."""
+    st.parked = False
+    st.woke_at = time.monotonic()
+    st.wakes += 1
+    st.wake()
 
 
 def attach(loop: Any, state: IdleState) -> bool:

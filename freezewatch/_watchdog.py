@@ -7,6 +7,7 @@ installer's request context does not leak into its events.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
 import time
@@ -25,13 +26,66 @@ THREAD_NAME = "freezewatch-watchdog"
 RUN_DELAY_EVERY = 0.5
 MAX_PARK = 1.0
 """Longest parked sleep (the idle heartbeat comes once per idle_beat_every anyway)."""
+PARK_MAX_EXITS = 4
+"""A loop whose selector returned more often than this since the previous round
+is busy: do not park on it. A busy server sits in select() between requests
+most of the time, so the instant test alone parked the watchdog only for the
+loop to wake it a millisecond later: ~50 % more rounds and a wake-up
+(Event.set, a futex call) on the loop thread each time. An idle loop's own
+heartbeat answer costs it about two selector returns. After a loop woke a parked
+watchdog, one round runs unparked first, so the count spans a whole interval."""
+
+
+_NO_FRAMES: dict[int, types.FrameType] = {}  # never written: tick() only reads it
+
+
+def _needs_frames(w: LoopWatch) -> bool:
+    """Does this round's tick() of ``w`` read the threads' frames?
+
+    Only to find a loop not yet running, to tell idle from busy without a
+    selector wrapper (uvloop), or to declare a freeze (debugger check, loop
+    thread lookup), which needs a heartbeat out. A busy loop with its beat
+    answered needs none: sys._current_frames() builds a dict of every
+    thread, so it is skipped in most rounds. Cannot go stale before the
+    tick: only this thread sends beats; the loop thread can only answer one
+    (then the tick does not declare)."""
+    return w.loop is None or w.idle is None or (w._pending and w._answered_seq != w._sent_seq)
+
+
+class _Wakeup:
+    """A wake-up flag for the watchdog: ``set()`` from any thread, ``wait()`` on the watchdog.
+
+    A bare lock used as a binary semaphore: released means set. It does what
+    the watchdog needs of a threading.Event for a fraction of the cost:
+    Event.wait builds a Condition waiter (a new lock, a deque append, three
+    lock operations in Python) on every round, this is one C call. ``wait``
+    consumes the flag (the watchdog clears it at every round anyway)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()  # held: not set
+
+    def set(self) -> None:
+        # Lock.release may be called by any thread; two set() racing: the
+        # second finds it released already, which is the state it wants.
+        with contextlib.suppress(RuntimeError):
+            self._lock.release()
+
+    def clear(self) -> None:
+        self._lock.acquire(False)
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until set() or ``timeout`` seconds; True if set (the flag is consumed)."""
+        return self._lock.acquire(True, max(0.0, timeout))
 
 
 class Watchdog:
     def __init__(self) -> None:
-        # One event for both reasons to wake early: stop(), and a parked
+        # One flag for both reasons to wake early: stop(), and a parked
         # watchdog's loop leaving its selector (see _idle).
-        self._event = threading.Event()
+        self._event = _Wakeup()
         self._stopping = False
         # Set at the end of each round: releases a saturated loop that stood
         # aside so this thread could take the GIL (see _idle.WakingSelector).
@@ -39,6 +93,9 @@ class Watchdog:
         # Replaced as a whole (copy-on-write) by install/uninstall; the
         # watchdog reads the reference once per round, so it needs no lock.
         self.watches: tuple[LoopWatch, ...] = ()
+        # Each loop's selector-return count at the previous round (watchdog
+        # thread only): tells a busy loop from an idle one (see _park).
+        self._exits_before: dict[LoopWatch, int] = {}
         self.errors = 0
         self.rounds = 0  # rounds run (tests and benchmarks: parking shows here)
         # faulthandler timer + sentinel process: see what this thread cannot
@@ -85,12 +142,26 @@ class Watchdog:
         """Called on a loop thread when its loop leaves select() while we are parked."""
         self._event.set()
 
-    def _park(self, watches: tuple[LoopWatch, ...], min_threshold: float) -> float | None:
+    def _park(self, watches: tuple[LoopWatch, ...], min_threshold: float,
+              loop_woke: bool = False) -> float | None:
         """Sleep longer than ``interval`` when every loop waits in its selector.
 
         The sentinel is told the silence is chosen (``stand_down``)."""
         if not watches:
+            self._exits_before = {}
             return None
+        before, self._exits_before = self._exits_before, {
+            w: w.idle.exits for w in watches if w.idle is not None}
+        if loop_woke:
+            # A loop cut our last parked sleep short: watch one interval
+            # unparked, so the next round sees its selector's rate over a
+            # whole interval (one return since a park a millisecond ago says
+            # nothing about a loop that returns 500 times a second).
+            return None
+        for w, exits in self._exits_before.items():
+            # Busy since the previous round: it will leave select() again soon.
+            if exits - before.get(w, exits) > PARK_MAX_EXITS:
+                return None
         now = time.monotonic()
         waits = []
         for w in watches:
@@ -135,6 +206,7 @@ class Watchdog:
         rd_at = -RUN_DELAY_EVERY
         parked_wait = False
         loops_before: dict[LoopWatch, float | None] = {}
+        loop_woke = False  # a loop ended our last parked sleep early
         while not self._stopping:
             self._event.clear()  # a wake-up after this point makes the next wait return
             self.rounds += 1
@@ -154,7 +226,8 @@ class Watchdog:
                 # for (a loop leaving select, or the timeout) is silence.
                 woke = max((w.idle.woke_at for w in watches if w.idle is not None),
                            default=0.0)
-                silent = now - woke if woke > wall_before else max(0.0, late)
+                loop_woke = woke > wall_before
+                silent = now - woke if loop_woke else max(0.0, late)
                 self.gil.sentinel.stand_down(0.0)
                 parked_wait = False
             gil_capture = self._gil_round(now, watches, silent)
@@ -177,11 +250,11 @@ class Watchdog:
             tops: dict[int, types.FrameType] | None = None
             for w in watches:
                 try:
-                    if tops is None:
+                    if tops is None and _needs_frames(w):
                         tops = thread_top_frames()
                     w.gil_capture = gil_capture  # valid for this round only
                     w.watchdog_silent = 0.0 if explained else silent
-                    w.tick(now, tops)
+                    w.tick(now, _NO_FRAMES if tops is None else tops)
                 except Exception as e:  # boundary: one loop's round; the watchdog survives
                     self.errors += 1
                     if self.errors <= 20:
@@ -199,7 +272,8 @@ class Watchdog:
                 for w in watches:
                     w.ignore_pending()
             wait = min((w.next_wake(time.monotonic()) for w in watches), default=0.1)
-            parked = self._park(watches, min_threshold)
+            parked = self._park(watches, min_threshold, loop_woke)
+            loop_woke = False
             if parked is not None:
                 wait = parked
                 parked_wait = True
