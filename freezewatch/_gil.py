@@ -54,6 +54,7 @@ class GilLayers:
         self.sentinel = Sentinel()
         self._sentinel_tried = False
         self._idents: tuple[int | None, ...] = ()
+        self._signal_rounds = 0
         self.captures = 0
 
     def round(self, now: float, watches: Sequence[LoopWatch], silent: float) -> Capture | None:
@@ -66,13 +67,17 @@ class GilLayers:
         # leaves faulthandler entirely to the application.
         fh = all(w.config.faulthandler and w.config.sentinel for w in watches)
         if fh and self.signal_dump.active:
-            if self.sentinel.signalling():
+            sp = self.sentinel
+            if sp.signalling():
                 # The sentinel is between two loop threads: let it finish.
-                self.sentinel.wait_signalling(0.3)
-            text = self.signal_dump.take()
-            if text:
-                self.captures += 1
-                cap = Capture(text, now, silent)
+                sp.wait_signalling(0.3)
+            rounds = sp.signal_rounds()
+            if rounds != self._signal_rounds:  # read the file only when it was written
+                self._signal_rounds = rounds
+                text = self.signal_dump.take()
+                if text:
+                    self.captures += 1
+                    cap = Capture(text, now, silent)
         elif not fh and self.signal_dump.active:
             self.signal_dump.close()
         if not self._sentinel_tried:

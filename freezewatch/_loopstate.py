@@ -97,6 +97,7 @@ class LoopState:
         self._install_thread = install_thread
         self._caller_thread = threading.get_ident()  # install() builds the handle
         self._thread_id: int | None = install_thread if loop is not None else None
+        self._name_of: tuple[int | None, str] = (None, "")  # (thread, its name): see name
         # Heartbeat. Sequence numbers tell a late answer from a current one.
         self._sent_seq = 0
         self._sent_at = 0.0
@@ -141,9 +142,14 @@ class LoopState:
     def name(self) -> str:
         if self.config.name:
             return self.config.name
-        from ._snapshot.threads import thread_name
+        # The loop thread's name, looked up once per thread (a walk of every
+        # thread under threading's lock; metrics ask for it on every beat).
+        tid = self._thread_id
+        if tid != self._name_of[0] or not self._name_of[1]:
+            from ._snapshot.threads import thread_name
 
-        return thread_name(self._thread_id) or "loop"
+            self._name_of = (tid, thread_name(tid) or "")
+        return self._name_of[1] or "loop"
 
     @property
     def thread_ident(self) -> int | None:

@@ -19,7 +19,8 @@ mapped by both sides:
     offset 40  u64  1 while the sentinel signals loop threads
     offset 48  u64  the watchdog thread's native id
     offset 56  u64  number of loop threads (at most MAX_LOOPS)
-    offset 64  MAX_LOOPS x (u64 thread ident, u64 native id)
+    offset 64  u64  signal rounds completed by the sentinel
+    offset 72  MAX_LOOPS x (u64 thread ident, u64 native id)
 
 The sentinel wakes every ``threshold / 2`` s (0.05 to 0.5 s). When the
 counter has not moved for half the threshold and ``/proc`` shows the
@@ -66,10 +67,10 @@ import tempfile
 import threading
 import time
 
-_LAYOUT = struct.Struct("<QddQQQQQ")
+_LAYOUT = struct.Struct("<QddQQQQQQ")
 _PAIR = struct.Struct("<QQ")
 MAX_LOOPS = 8
-_LOOPS_AT = 64
+_LOOPS_AT = 72
 MIN_SILENCE = 1.0
 """Seconds of watchdog silence before the sentinel pauses the process with py-spy."""
 _SIZE = 256
@@ -148,7 +149,7 @@ class Sentinel:
             os.ftruncate(mfd, _SIZE)
             self._mm = mmap.mmap(mfd, _SIZE)
             _LAYOUT.pack_into(self._mm, 0, 0, 0.0, threshold, 0, 0, 0,
-                              threading.get_native_id(), 0)
+                              threading.get_native_id(), 0, 0)
             rfd, self._wfd = os.pipe()  # both non-inheritable; rfd is passed explicitly
             # Not tempfile.mkdtemp on this thread: its first use takes a
             # module lock, and a fork meanwhile would leave the child's
@@ -204,6 +205,10 @@ class Sentinel:
 
     def signalling(self) -> bool:
         return self._mm is not None and struct.unpack_from("<Q", self._mm, 40)[0] == 1
+
+    def signal_rounds(self) -> int:
+        """Signal rounds the sentinel completed (a capture may be waiting when it moves)."""
+        return struct.unpack_from("<Q", self._mm, 64)[0] if self._mm is not None else 0
 
     def wait_signalling(self, limit: float) -> None:
         deadline = time.monotonic() + limit
@@ -387,6 +392,20 @@ class _Signaller:
                 return
 
 
+def _next_wait(now: float, quiet_until: float, threshold: float, poll: float,
+               signal_due: bool, pyspy_due: bool) -> float:
+    """Seconds to sleep: until the watchdog's announced quiet plus the silence
+    that makes the next action due, at least ``poll`` (and at most 5 s: the
+    parent's death wakes us anyway, through the pipe)."""
+    if signal_due:
+        due = quiet_until + threshold / 2
+    elif pyspy_due:
+        due = quiet_until + max(threshold, MIN_SILENCE)
+    else:
+        return poll  # nothing left for this silence: watch for the next one
+    return min(5.0, max(poll, due - now))
+
+
 def _loops(mm: mmap.mmap) -> list[tuple[int, int]]:
     n = min(MAX_LOOPS, struct.unpack_from("<Q", mm, 56)[0])
     return [_PAIR.unpack_from(mm, _LOOPS_AT + i * _PAIR.size) for i in range(n)]
@@ -403,15 +422,16 @@ def main(argv: list[str]) -> int:
     quiet_until = time.monotonic()  # silence counts from here: last beat, or its planned sleep
     base: tuple[float, float] | None = None  # the watchdog's schedstat at its last beat
     signalled = pyspy_done = False
-    captures = 0
+    captures = rounds = 0
+    wait = poll
     try:
         while True:
-            ready, _, _ = select.select([rfd], [], [], poll)
+            ready, _, _ = select.select([rfd], [], [], wait)
             if ready and not os.read(rfd, 64):
                 return 0  # EOF: the parent is gone (or closed us)
             if os.getppid() != parent:
                 return 0  # re-parented: the parent died
-            count, stand_down, threshold, _, _, _, wd_tid, _ = _LAYOUT.unpack_from(mm, 0)
+            count, stand_down, threshold, _, _, _, wd_tid, _, _ = _LAYOUT.unpack_from(mm, 0)
             now = time.monotonic()
             if count != last:
                 last, quiet_until, signalled, pyspy_done = count, now, False, False
@@ -421,6 +441,8 @@ def main(argv: list[str]) -> int:
             quiet_until = max(quiet_until, stand_down)
             silence = now - quiet_until
             if silence <= 0:
+                wait = _next_wait(now, quiet_until, threshold, poll,
+                                  signaller is not None, bool(pyspy))
                 continue
             if (signaller is not None and not signalled and silence >= threshold / 2
                     and _watchdog_blocked(parent, wd_tid, base, silence)):
@@ -430,7 +452,14 @@ def main(argv: list[str]) -> int:
                 try:
                     signaller.dump(signal_fd, _loops(mm))
                 finally:
+                    rounds += 1
+                    struct.pack_into("<Q", mm, 64, rounds)
                     struct.pack_into("<Q", mm, 40, 0)
+            # Sleep until the next moment something could be due (the watchdog
+            # announces its sleeps, so an idle one costs few wake-ups here).
+            wait = _next_wait(now, quiet_until, threshold, poll,
+                              signaller is not None and not signalled,
+                              bool(pyspy) and not pyspy_done)
             if not pyspy or pyspy_done or silence < max(threshold, MIN_SILENCE):
                 continue
             # The watchdog has been silent for a threshold: take the native

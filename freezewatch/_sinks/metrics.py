@@ -81,6 +81,8 @@ class _Bound:
     dump_failures: Any
     stalls: Any
     tasks_sampled_at: float = float("-inf")
+    multiprocess: bool = False
+    """Multiprocess mode when bound: the watchdog must store the blocked gauge."""
 
 
 # Guards creation of families and children (install and watchdog threads);
@@ -164,6 +166,7 @@ def bind(w: Any) -> _Bound:
             fam.freeze_duration.labels(name), fam.blocked.labels(name),
             fam.last_heartbeat.labels(name), fam.tasks.labels(name), fam.dumps.labels(name),
             fam.dump_failures.labels(name), fam.stalls.labels(name),
+            multiprocess=multiprocess_dir() is not None,
         )
         # Scrape-time value (single process); the watchdog's set() below is
         # what multiprocess scrapes read. A weak reference: the registry must
@@ -215,7 +218,7 @@ def sample(w: Any, now: float) -> None:
     if b is None or w.closed or w.loop is None:
         return
     blocked = w.blocked_for()
-    if multiprocess_dir() is not None:  # single process: the function gauge is exact
+    if b.multiprocess:  # single process: the function gauge is exact
         b.blocked.set(blocked)
     if now - b.tasks_sampled_at >= TASKS_SAMPLE_EVERY and blocked == 0.0:
         b.tasks_sampled_at = now
