@@ -216,9 +216,10 @@ class Sentinel:
             time.sleep(0.005)
 
     def stand_down(self, seconds: float) -> None:
-        """The watchdog runs py-spy itself for up to ``seconds``: do not interfere."""
+        """The watchdog is silent by choice for ``seconds`` from now (parked, running
+        py-spy itself): silence counts only after that. 0: from now on."""
         if self._mm is not None:
-            struct.pack_into("<d", self._mm, 8, time.monotonic() + seconds if seconds else 0.0)
+            struct.pack_into("<d", self._mm, 8, time.monotonic() + seconds)
 
     def capturing(self) -> bool:
         return self._mm is not None and struct.unpack_from("<Q", self._mm, 32)[0] == 1
@@ -419,7 +420,7 @@ def main(argv: list[str]) -> int:
     mm = mmap.mmap(mfd, _SIZE)
     signaller = _Signaller(parent, signum) if signal_fd >= 0 and signum else None
     last = -1
-    quiet_until = time.monotonic()  # silence counts from here: last beat, or its planned sleep
+    changed_at = quiet_until = time.monotonic()  # the last beat; silence counts from quiet_until
     base: tuple[float, float] | None = None  # the watchdog's schedstat at its last beat
     signalled = pyspy_done = False
     captures = rounds = 0
@@ -434,11 +435,11 @@ def main(argv: list[str]) -> int:
             count, stand_down, threshold, _, _, _, wd_tid, _, _ = _LAYOUT.unpack_from(mm, 0)
             now = time.monotonic()
             if count != last:
-                last, quiet_until, signalled, pyspy_done = count, now, False, False
+                last, changed_at, signalled, pyspy_done = count, now, False, False
                 base = _schedstat(parent, wd_tid) if signaller and wd_tid else None
             # The watchdog says how long it means to sleep (or to be busy on
             # purpose): silence counts only after that.
-            quiet_until = max(quiet_until, stand_down)
+            quiet_until = max(changed_at, stand_down)
             silence = now - quiet_until
             if silence <= 0:
                 wait = _next_wait(now, quiet_until, threshold, poll,

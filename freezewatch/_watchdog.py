@@ -24,8 +24,8 @@ from ._snapshot.frames import thread_top_frames
 
 THREAD_NAME = "freezewatch-watchdog"
 RUN_DELAY_EVERY = 0.5
-MAX_PARK = 1.0
-"""Longest parked sleep (the idle heartbeat comes once per idle_beat_every anyway)."""
+MAX_PARK = 5.0
+"""Longest parked sleep, a cap: the idle heartbeat (``idle_beat_every``) decides."""
 PARK_MAX_EXITS = 4
 """A loop whose selector returned more often than this since the previous round
 is busy: do not park on it. A busy server sits in select() between requests
@@ -140,6 +140,9 @@ class Watchdog:
 
     def wake(self) -> None:
         """Called on a loop thread when its loop leaves select() while we are parked."""
+        # The sleep we announced to the sentinel is cut short: silence counts
+        # from now (a C call holding the GIL may follow at once).
+        self.gil.sentinel.stand_down(0.0)
         self._event.set()
 
     def _park(self, watches: tuple[LoopWatch, ...], min_threshold: float,

@@ -55,7 +55,10 @@ def test_suspended_process_is_not_a_freeze(dump_dir: Path, tmp_path: Path) -> No
         assert proc.stdout.readline() == "ready\n"
         time.sleep(0.3)
         os.kill(proc.pid, signal.SIGSTOP)
-        time.sleep(1.5)  # 5x the threshold, the whole process stopped
+        # 10x the threshold, the whole process stopped; longer than the watchdog
+        # sleeps while the loop idles (idle_beat_every, 2 s): a stop inside such
+        # a sleep cannot be seen, and needs no record (nothing could freeze).
+        time.sleep(3.0)
         os.kill(proc.pid, signal.SIGCONT)
         time.sleep(0.5)
         stop.touch()
