@@ -43,7 +43,8 @@ def _quiet_structlog() -> None:
 
 
 # -- server ------------------------------------------------------------------
-async def _serve(watch: bool, dump_dir: str) -> None:
+async def start_hello() -> Any:
+    """An aiohttp hello-world server on 127.0.0.1 (a free port); its AppRunner."""
     from aiohttp import web
 
     async def hello(request: web.Request) -> web.Response:
@@ -57,6 +58,11 @@ async def _serve(watch: bool, dump_dir: str) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
+    return runner
+
+
+async def _serve(watch: bool, dump_dir: str) -> None:
+    runner = await start_hello()
     port = runner.addresses[0][1]
     if watch:
         import freezewatch

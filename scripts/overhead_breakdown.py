@@ -72,17 +72,9 @@ MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_thresho
 
 # -- the measured server (child role) -------------------------------------------
 async def _serve(watch: bool) -> None:
-    from aiohttp import web
+    from _bench_worker import start_hello
 
-    async def hello(request: web.Request) -> web.Response:
-        return web.Response(text="Hello, world")
-
-    app = web.Application()
-    app.router.add_get("/", hello)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    runner = await start_hello()
     wd = None
     if watch:
         import structlog
