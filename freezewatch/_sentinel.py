@@ -75,6 +75,8 @@ MIN_SILENCE = 1.0
 """Seconds of watchdog silence before the sentinel pauses the process with py-spy."""
 _SIZE = 256
 RESULT = "native.json"
+STEADY_WINDOW = 0.03
+"""A loop thread must not have slept (switched) for this long before it is signalled."""
 _SETTLE = 0.005
 """A signalled thread's stack is complete once the file stopped growing this long."""
 
@@ -373,8 +375,20 @@ class _Signaller:
         return int(self._fn(self.parent, tid, self.signum)) == 0  # type: ignore[operator]
 
     def dump(self, fd: int, loops: list[tuple[int, int]]) -> None:
-        """Each loop thread writes its stack under a header naming it, one at a time."""
+        """Each loop thread writes its stack under a header naming it, one at a time.
+
+        Only a thread that did not sleep over a short window is signalled: it
+        held the GIL all along (a C call), or slept all along (waiting for the
+        GIL, or for I/O). A thread that switches meanwhile may be running
+        bytecode between GIL hand-offs (many threads competing for the GIL):
+        interrupting bytecode with a faulthandler signal is what corrupts a
+        3.10 interpreter now and then (docs/native.md)."""
+        before_window = {tid: _switches(self.parent, tid) for _, tid in loops}
+        time.sleep(STEADY_WINDOW)
         for ident, tid in loops:
+            first = before_window.get(tid)
+            if first is None or _switches(self.parent, tid) != first:
+                continue
             try:
                 before = os.fstat(fd).st_size
                 os.write(fd, f"Thread 0x{ident:x} (most recent call first):\n".encode())
@@ -391,6 +405,18 @@ class _Signaller:
                     time.sleep(0.001)
             except OSError:
                 return
+
+
+def _switches(parent: int, tid: int) -> int | None:
+    """Voluntary context switches of a thread of ``parent`` (None: unknown)."""
+    try:
+        with open(f"/proc/{parent}/task/{tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"voluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _next_wait(now: float, quiet_until: float, threshold: float, poll: float,

@@ -322,3 +322,38 @@ def test_gil_freeze_on_a_loop_in_another_thread(dump_dir: Path, events: Any) -> 
     assert doc["gil_held"] is True and doc["captured_by"] == "faulthandler"
     assert (doc["blocking_frame"]["file"], doc["blocking_frame"]["line"]) == (file, line)
     assert doc["loop"]["thread_name"] == "bg-loop"
+
+
+def test_no_signal_while_threads_compete_for_the_gil(dump_dir: Path) -> None:
+    """Eight threads running Python compete for the GIL with the loop and the watchdog:
+    the watchdog waits long for the GIL, but bytecode keeps changing hands, so the
+    sentinel never interrupts a loop thread (it could be running bytecode)."""
+    stop = threading.Event()
+
+    def spin() -> None:
+        n = 0
+        while not stop.is_set():
+            n += sum(range(100))
+
+    async def main() -> tuple[int, int]:
+        freezewatch.install(threshold=0.1, interval=0.02, dump_dir=str(dump_dir), native=False)
+        await asyncio.sleep(0.3)
+        wd = _state.watchdog
+        assert wd is not None and wd.gil.sentinel.alive() and wd.gil.signal_dump.active
+        rounds0 = wd.rounds
+        threads = [threading.Thread(target=spin) for _ in range(8)]
+        for t in threads:
+            t.start()
+        try:
+            end = time.monotonic() + 3.0
+            while time.monotonic() < end:
+                await asyncio.sleep(0)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        return wd.gil.captures, wd.rounds - rounds0
+
+    captures, rounds = asyncio.run(main())
+    assert rounds > 0
+    assert captures == 0
