@@ -157,7 +157,7 @@ def live_native(w: LoopState, pyspy: str | None) -> Native:
         return capture_native(os.getpid(), pyspy, limit, ptracer_after=sp.pid if sp else 0)
     finally:
         if sp is not None:
-            sp.stand_down(0.0)
+            sp.resume()
 
 
 MAX_FAULTHANDLER_TEXT = 64_000

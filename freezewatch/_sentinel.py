@@ -42,9 +42,10 @@ py-spy's raw output to ``native.json`` in a private 0700 directory. The
 watchdog takes it from there when it runs again (``take``).
 
 It exits when the parent does: the parent holds the write end of a pipe
-that nobody writes; EOF on the read end means the parent is gone (SIGKILL
-included). It also exits if it is re-parented. It ignores SIGINT (a Ctrl-C
-in the terminal is for the application).
+(written only to wake the sentinel early, ``resume``); EOF on the read end
+means the parent is gone (SIGKILL included). It also exits if it is
+re-parented. It ignores SIGINT (a Ctrl-C in the terminal is for the
+application).
 
 Under Yama ``ptrace_scope = 1`` the parent names the sentinel with
 ``PR_SET_PTRACER`` right after spawning it; the permission covers the
@@ -153,6 +154,7 @@ class Sentinel:
             _LAYOUT.pack_into(self._mm, 0, 0, 0.0, threshold, 0, 0, 0,
                               threading.get_native_id(), 0, 0)
             rfd, self._wfd = os.pipe()  # both non-inheritable; rfd is passed explicitly
+            os.set_blocking(self._wfd, False)  # resume() never blocks its caller
             # Not tempfile.mkdtemp on this thread: its first use takes a
             # module lock, and a fork meanwhile would leave the child's
             # watchdog blocked on it. gettempdir() was cached at install.
@@ -216,6 +218,15 @@ class Sentinel:
         deadline = time.monotonic() + limit
         while self.signalling() and time.monotonic() < deadline:
             time.sleep(0.005)
+
+    def resume(self) -> None:
+        """The silence announced last is cut short (a parked watchdog woken early, a
+        py-spy run over): silence counts from now, and the sentinel, asleep until
+        the announced end, is woken to see it (a byte on its pipe)."""
+        self.stand_down(0.0)
+        if self._wfd >= 0:
+            with contextlib.suppress(OSError):  # full (it is being woken anyway) or closed
+                os.write(self._wfd, b"!")
 
     def stand_down(self, seconds: float) -> None:
         """The watchdog is silent by choice for ``seconds`` from now (parked, running
@@ -455,7 +466,7 @@ def main(argv: list[str]) -> int:
         while True:
             ready, _, _ = select.select([rfd], [], [], wait)
             if ready and not os.read(rfd, 64):
-                return 0  # EOF: the parent is gone (or closed us)
+                return 0  # EOF: the parent is gone (or closed us); a byte: resume()
             if os.getppid() != parent:
                 return 0  # re-parented: the parent died
             count, stand_down, threshold, _, _, _, wd_tid, _, _ = _LAYOUT.unpack_from(mm, 0)

@@ -142,7 +142,7 @@ class Watchdog:
         """Called on a loop thread when its loop leaves select() while we are parked."""
         # The sleep we announced to the sentinel is cut short: silence counts
         # from now (a C call holding the GIL may follow at once).
-        self.gil.sentinel.stand_down(0.0)
+        self.gil.sentinel.resume()
         self._event.set()
 
     def _park(self, watches: tuple[LoopWatch, ...], min_threshold: float,

@@ -268,12 +268,15 @@ def test_no_signal_while_python_runs(work: str, dump_dir: Path) -> None:
 def test_gil_freeze_pinned_without_pyspy(dump_dir: Path, events: Any) -> None:
     """No py-spy at all: faulthandler, signalled by the sentinel, still pins the regex line;
     native.ok is false and says why."""
-    subject = _calibrate(2.0)
+    subject = _calibrate(1.0)
 
     async def main() -> str:
         freezewatch.install(threshold=0.5, interval=0.05, dump_dir=str(dump_dir),
                             pyspy_path="/nonexistent/py-spy")
-        await asyncio.sleep(0.6)
+        # Idle first: the watchdog parks and announces a quiet of about 2 s,
+        # which the loop cuts short when it wakes: the sentinel must notice at
+        # once, or it sleeps through this ~1 s freeze.
+        await asyncio.sleep(1.0)
         _EVIL.match(subject)  # pin: no-pyspy
         await asyncio.sleep(0.3)
         task = asyncio.current_task()
