@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import sys
 import threading
 import time
@@ -40,6 +41,7 @@ from ._snapshot.native import find_pyspy
 from ._snapshot.waits import WaitSampler
 
 _HANDLE_RUN = asyncio.events.Handle._run.__code__
+_OWN_FILES = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _DEBUGGER_FILES = ("bdb.py", "pdb.py")
 NOT_SEEN = Frame("<not captured>", 0, "<freeze not seen live>", None)
 
@@ -48,11 +50,16 @@ def loops_on_stack(frame: types.FrameType | None,
                    any_name: bool = False) -> list[asyncio.AbstractEventLoop]:
     """Event loops referenced by the frames of a stack, innermost first: by the
     locals ``self``, ``loop`` and ``self._loop`` (what runs a loop), or by any
-    local with ``any_name``. Reads another thread's frames: tolerates changes."""
+    local with ``any_name``. freezewatch's own frames are skipped: they only
+    refer to loops (``install(loop=...)``), never run one. Reads another
+    thread's frames: tolerates changes."""
     found: list[asyncio.AbstractEventLoop] = []
     depth = 0
     while frame is not None and depth < 200:
         depth += 1
+        if frame.f_code.co_filename.startswith(_OWN_FILES):
+            frame = frame.f_back
+            continue
         try:
             local = frame.f_locals
             me = local.get("self")

@@ -253,7 +253,10 @@ class LoopWatch(LateFreezes, StallReports):
         """install() ran before any loop: look for a running loop on the installing thread."""
         frame = tops.get(self._install_thread) if self._install_thread is not None else None
         for cand in loops_on_stack(frame):
-            if cand.is_running():
+            # asyncio records the thread a loop runs in; a loop this thread only
+            # refers to (it runs in another one) is not the one we wait for.
+            runs_in = getattr(cand, "_thread_id", None)
+            if cand.is_running() and runs_in in (None, self._install_thread):
                 from . import _install
 
                 _install.attach(self, cand)

@@ -289,3 +289,29 @@ def test_interpreter_exit_is_quiet_and_prompt(dump_dir: Path) -> None:
     assert "freeze_detected" in proc.stdout and proc.stdout.rstrip().endswith("done")
     assert took < 10
     assert len(dumps(dump_dir)) == 1
+
+
+def test_pending_install_ignores_loops_of_other_threads(dump_dir: Path) -> None:
+    """install() before any loop waits for a loop of its own thread: a running loop it
+    only refers to (running in another thread, or passed to install(loop=...)) is not it."""
+    pending = freezewatch.install(dump_dir=str(dump_dir), **FAST)
+    bg = asyncio.new_event_loop()
+    worker = threading.Thread(target=bg.run_forever, name="bg-loop")
+    worker.start()
+    try:
+        loop = bg  # this thread's frame refers to a running loop, as a loop runner would
+        bg_handle = freezewatch.install(loop=loop, dump_dir=str(dump_dir), **FAST)
+        time.sleep(0.5)  # the watchdog reads this thread's stack meanwhile
+        assert pending.loop is None and pending.active
+        assert bg_handle.loop is bg and bg_handle is not pending
+
+        async def main() -> asyncio.AbstractEventLoop:
+            await asyncio.sleep(0.3)
+            return asyncio.get_running_loop()
+
+        own = asyncio.run(main())
+        assert pending.loop is own  # the first loop this thread ran
+    finally:
+        bg.call_soon_threadsafe(bg.stop)
+        worker.join(5)
+        bg.close()
