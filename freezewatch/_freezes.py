@@ -49,7 +49,9 @@ class FreezeReports(LoopState):
             # captured during the freeze.
             snap = _gil.pin(snap, gil_frames, age if late else snap.blocked_for,
                             self.gil_capture, captured_by=by)
-            _kernel.held_gil(snap.extra, snap.loop_frames)  # cause: GIL held
+            # cause: GIL held, or a garbage collection that took most of it
+            _kernel.held_gil(snap.extra, snap.loop_frames, self._thread_id,
+                             snap.blocked_for, time.monotonic(), slack=2 * cfg.interval + 0.1)
         self.freezes += 1
         _metrics.freeze_detected(self)
         bf = snap.blocking_frame

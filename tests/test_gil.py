@@ -360,3 +360,37 @@ def test_no_signal_while_threads_compete_for_the_gil(dump_dir: Path) -> None:
     captures, rounds = asyncio.run(main())
     assert rounds > 0
     assert captures == 0
+
+
+def test_garbage_collection_freeze_is_named(dump_dir: Path, events: Any) -> None:
+    """A full garbage collection of a large heap on the loop thread holds the GIL past
+    the threshold: the dump pins the line that triggered it, cause garbage collection."""
+    import gc
+
+    heap: list[dict[str, list[int]]] = []
+    took = 0.0
+    while took < 0.3 and len(heap) < 2_400_000:  # ~0.3 s of collecting, ~600 MB at most
+        heap.extend({"a": []} for _ in range(300_000))
+        t0 = time.perf_counter()
+        gc.collect()
+        took = time.perf_counter() - t0
+    if took < 0.15:
+        pytest.skip(f"a full collection takes only {took:.2f} s here")
+
+    async def main() -> None:
+        freezewatch.install(threshold=0.1, interval=0.02, dump_dir=str(dump_dir), native=False)
+        await asyncio.sleep(0.3)
+        gc.collect()  # pin: gc
+        await asyncio.sleep(0.2)
+
+    try:
+        asyncio.run(main())
+        ev = events.wait("freeze_ended", timeout=20)
+    finally:
+        heap.clear()
+    doc = assert_contract(Path(str(ev["dump_path"])))
+    file, line, _ = _pin("gc")
+    assert doc["gil_held"] is True
+    assert (doc["blocking_frame"]["file"], doc["blocking_frame"]["line"]) == (file, line)
+    assert doc["cause"] == "garbage collection"
+    assert "garbage collection held the GIL" in doc["kernel_summary"]

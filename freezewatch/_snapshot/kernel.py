@@ -69,15 +69,39 @@ _TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1",
 # Written by the collecting thread (under the GIL, one store), read by the
 # watchdog: a single attribute store/load is atomic, no lock needed.
 _gc_running: tuple[int, float] | None = None
+# (thread ident, monotonic start, end, generation) of the last collection that
+# finished. A collection holds the GIL: the watchdog can only learn of it
+# afterwards, when it classifies a freeze it did not see live.
+_gc_last: tuple[int, float, float, int] | None = None
 
 
 def _gc_hook(phase: str, info: dict[str, Any]) -> None:
-    global _gc_running
-    _gc_running = (threading.get_ident(), time.monotonic()) if phase == "start" else None
+    global _gc_running, _gc_last
+    if phase == "start":
+        _gc_running = (threading.get_ident(), time.monotonic())
+        return
+    run, _gc_running = _gc_running, None
+    if run is not None:
+        _gc_last = (run[0], run[1], time.monotonic(), int(info.get("generation", -1)))
+
+
+def gc_during(ident: int | None, seconds: float, until: float,
+              slack: float = 0.0) -> tuple[float, int] | None:
+    """(seconds, generation) of the last collection on thread ``ident`` if it lasted
+    at least half of a freeze of ``seconds`` that ended by ``until`` (monotonic;
+    ``slack``: how late the end may be known), else None."""
+    last = _gc_last
+    if last is None or ident is None or last[0] != ident:
+        return None
+    _, start, end, generation = last
+    took = end - start
+    if took < 0.5 * seconds or end < until - seconds - slack or start > until:
+        return None
+    return took, generation
 
 
 def watch_gc() -> None:
-    """Register the gc.callbacks hook (idempotent): two stores per collection."""
+    """Register the gc.callbacks hook (idempotent): a few stores per collection."""
     if _gc_hook not in gc.callbacks:
         gc.callbacks.append(_gc_hook)
 
@@ -381,10 +405,18 @@ def observe(ident: int | None, native_id: int | None, before: CpuSample | None,
                 "kernel_summary": err}
 
 
-def held_gil(extra: dict[str, Any], frames: tuple[Frame, ...]) -> None:
+def held_gil(extra: dict[str, Any], frames: tuple[Frame, ...], ident: int | None = None,
+             seconds: float = 0.0, until: float = 0.0, slack: float = 0.0) -> None:
     """Re-classify a dump re-pinned on a GIL-held capture: its kernel view was
-    read after the GIL came back, so the cause comes from how it was seen."""
-    extra["cause"] = classify(None, frames, gil_held=True)
+    read after the GIL came back, so the cause comes from how it was seen - or
+    from a garbage collection on the loop thread that took most of the freeze
+    (``seconds`` long, over by ``until``; see gc_during)."""
+    collected = gc_during(ident, seconds, until, slack)
+    extra["cause"] = classify(None, frames, gil_held=True, in_gc=collected is not None)
     if isinstance(extra.get("kernel"), dict):
         extra["kernel"]["note"] = "read after the GIL came back, not during the freeze"
-    extra["kernel_summary"] = "a C call held the GIL; no Python thread could run"
+    if collected is not None:
+        extra["kernel_summary"] = (f"a generation-{collected[1]} garbage collection held "
+                                   f"the GIL for {collected[0]:.2f} s")
+    else:
+        extra["kernel_summary"] = "a C call held the GIL; no Python thread could run"
