@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import assert_contract
+from core_support import pin
 
 import freezewatch
 from freezewatch import _state
@@ -49,9 +50,8 @@ def test_busy_loop_neither_wakes_the_watchdog_nor_hides_a_freeze(
     events.wait("freeze_ended")
     (path,) = sorted(dump_dir.glob("freeze-*.json"))
     doc = assert_contract(path)
-    src = Path(__file__).read_text().splitlines()
-    line = next(i for i, s in enumerate(src, 1) if s.strip().endswith("# pin: busy-freeze"))
-    assert (doc["blocking_frame"]["file"], doc["blocking_frame"]["line"]) == (__file__, line)
+    file, line, _ = pin(__file__, "busy-freeze")
+    assert (doc["blocking_frame"]["file"], doc["blocking_frame"]["line"]) == (file, line)
     assert doc["blocked_for"] < 1.2  # caught while frozen
 
 
