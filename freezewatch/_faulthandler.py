@@ -79,27 +79,27 @@ def _signum(sig: Any) -> int:
 
 def _app_register(signum: Any, *args: Any, **kwargs: Any) -> None:
     if _signum(signum) == SIGNAL:
-        _yield_to_app("register")
+        _yield_to_app(f"the application called faulthandler.register() for signal {SIGNAL}")
     _real_register(signum, *args, **kwargs)
 
 
 def _app_unregister(signum: Any) -> Any:
     if _signum(signum) == SIGNAL:
-        _yield_to_app("unregister")
+        _yield_to_app(f"the application called faulthandler.unregister() for signal {SIGNAL}")
     return _real_unregister(signum)  # type: ignore[func-returns-value]  # a bool at run time
 
 
 def _yield_to_app(what: str) -> None:
+    """The application uses SIGNAL (``what`` says how): leave it alone for good."""
     global _app_took_over, _registered_pid
     first = not _app_took_over
     _app_took_over = True
     _registered_pid = 0  # the signal is the application's from now on
     cb = _on_conflict
     if first and cb is not None:
-        cb(f"the application called faulthandler.{what}() for signal {SIGNAL}, the one "
-           "freezewatch's faulthandler layer uses; the layer is off for this process "
-           "(GIL-held freezes are still pinned by py-spy where it can attach; "
-           "FREEZEWATCH_FAULTHANDLER=0 silences this)")
+        cb(f"{what}, the signal freezewatch's faulthandler layer uses; the layer is off "
+           "for this process (GIL-held freezes are still pinned by py-spy where it can "
+           "attach; FREEZEWATCH_FAULTHANDLER=0 silences this)")
 
 
 def _wrap_once() -> None:
@@ -154,7 +154,7 @@ class SignalDump:
             # Somebody handles this signal already (signal.signal or C code):
             # never take it from them.
             self.error = f"signal {SIGNAL} already has a handler in this process"
-            _yield_to_app("signal handler check")
+            _yield_to_app(self.error)
             return False
         try:
             _wrap_once()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import assert_contract
-from core_support import pin
+from core_support import assert_frame_is, pin
 
 import freezewatch
 from freezewatch import _state
@@ -50,8 +50,7 @@ def test_busy_loop_neither_wakes_the_watchdog_nor_hides_a_freeze(
     events.wait("freeze_ended")
     (path,) = sorted(dump_dir.glob("freeze-*.json"))
     doc = assert_contract(path)
-    file, line, _ = pin(__file__, "busy-freeze")
-    assert (doc["blocking_frame"]["file"], doc["blocking_frame"]["line"]) == (file, line)
+    assert_frame_is(doc["blocking_frame"], pin(__file__, "busy-freeze"))
     assert doc["blocked_for"] < 1.2  # caught while frozen
 
 

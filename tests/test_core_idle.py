@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import assert_contract
-from core_support import pin
+from core_support import assert_frame_is, pin
 
 import freezewatch
 from freezewatch import _state
@@ -36,8 +36,7 @@ def test_idle_loop_parks_the_watchdog_and_a_freeze_from_idle_is_caught(
     events.wait("freeze_ended")
     (path,) = sorted(dump_dir.glob("freeze-*.json"))
     doc = assert_contract(path)
-    file, line, _ = pin(__file__, "from-idle")
-    assert (doc["blocking_frame"]["file"], doc["blocking_frame"]["line"]) == (file, line)
+    assert_frame_is(doc["blocking_frame"], pin(__file__, "from-idle"))
     # Detected while frozen, well before the block ended (the wake-up was not lost).
     assert doc["blocked_for"] < 1.0
 
