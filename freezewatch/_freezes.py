@@ -75,7 +75,7 @@ class FreezeReports(LoopState):
             doc=snap.to_json() if path else None, next_update=float("inf"),
         )
         _report.emit(self, _report.event_for("freeze_detected", self, snap, snap.blocked_for,
-                                             path, reason))
+                                             path, reason), snap=snap)
         if path and self._sentinel_pin is not None and self._freeze.doc is not None:
             self._freeze.doc["native"] = self._sentinel_pin[1].to_json()
             _report.write(self, self._freeze.doc, rewrite=path)
@@ -142,7 +142,7 @@ class FreezeReports(LoopState):
         path = _report.write(self, snap)
         _report.emit(self, _report.event_for(
             "freeze_updated", self, snap, age, path,
-            reason="blocking frame moved" if moved else "blocking frame unchanged"))
+            reason="blocking frame moved" if moved else "blocking frame unchanged"), snap=snap)
         if path and cfg.native:
             self._add_native(path, snap.to_json())
 

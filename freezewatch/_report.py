@@ -15,6 +15,7 @@ from ._events import FreezeEvent
 from ._sinks import metrics as _metrics
 from ._sinks.dumpfile import dump_name, rewrite_dump, write_dump
 from ._sinks.log import events
+from ._sinks.report import Report
 from ._snapshot.model import Snapshot
 
 if TYPE_CHECKING:
@@ -56,8 +57,9 @@ def rate_limited(signature: str, window: float) -> bool:
     return last is not None and time.monotonic() - last < window
 
 
-def emit(w: LoopState, event: FreezeEvent, level: str = "warning") -> None:
-    events.emit(event, w.hooks, level)
+def emit(w: LoopState, event: FreezeEvent, level: str = "warning",
+         snap: Snapshot | None = None) -> None:
+    events.emit(event, w.hooks, level, Report(event, snap, level=level))
 
 
 def event_for(event: str, w: LoopState, snap: Snapshot, seconds: float, path: str | None,

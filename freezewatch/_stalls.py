@@ -52,7 +52,8 @@ class StallReports(LoopState):
         else:
             path = _report.write(self, snap, signature=sig)
         ev = _report.event_for("stall_detected", self, snap, age, path, reason)
-        _report.emit(self, dataclasses.replace(ev, reason=reason or f"{unit.kind} {unit.name!r}"))
+        _report.emit(self, dataclasses.replace(ev, reason=reason or f"{unit.kind} {unit.name!r}"),
+                     snap=snap)
 
     def stall_ended(self, unit: Unit) -> None:
         """Called on the loop thread when a stalled unit finally finishes."""

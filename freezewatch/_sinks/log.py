@@ -17,6 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .._events import FreezeEvent
+from . import report as _report
+from .report import Report
 
 Hook = Callable[[FreezeEvent], Any]
 _STOP = object()
@@ -30,10 +32,11 @@ class EventSink:
         self.failures = 0
 
     def emit(
-        self, event: FreezeEvent, hooks: tuple[Hook, ...] = (), level: str = "warning"
+        self, event: FreezeEvent, hooks: tuple[Hook, ...] = (), level: str = "warning",
+        report: Report | None = None,
     ) -> None:
         self._ensure_thread()
-        self._q.put((event, hooks, level))
+        self._q.put((event, hooks, level, report))
 
     def _ensure_thread(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -57,7 +60,7 @@ class EventSink:
             if isinstance(item, threading.Event):
                 item.set()
                 continue
-            event, hooks, level = item
+            event, hooks, level, rep = item
             try:
                 getattr(log, level)(event.event, **_log_fields(event))
             except Exception:  # boundary: the application's logging config
@@ -69,6 +72,16 @@ class EventSink:
                     self.failures += 1
                     with contextlib.suppress(Exception):
                         log.error("hook_failed", hook=repr(hook), error=repr(e))
+            sinks = _report.extra_sinks
+            if sinks:
+                rep = rep if rep is not None else Report(event, level=level)
+                for sink in sinks:
+                    try:
+                        sink.deliver(rep)
+                    except Exception as e:  # boundary: an optional sink (OTel, Sentry)
+                        self.failures += 1
+                        with contextlib.suppress(Exception):
+                            log.error("sink_failed", sink=sink.name, error=repr(e))
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every event queued so far was delivered (tests, shutdown)."""
