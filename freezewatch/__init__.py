@@ -13,9 +13,9 @@ from __future__ import annotations
 from ._allow import allow_blocking
 from ._config import Config
 from ._events import FreezeEvent
+from ._handle import LoopWatch
 from ._inflight import watch
 from ._install import install, uninstall
-from ._loopwatch import LoopWatch
 
 __version__ = "0.1.0"
 

@@ -15,16 +15,16 @@ import os
 import sys
 import threading
 
+from . import _state
+
 ENV = "FREEZEWATCH_AUTOSTART"
-_started = False
 
 
 def start() -> None:
     """Install freezewatch for the first loop the main thread runs (once per process)."""
-    global _started
-    if _started or threading.current_thread() is not threading.main_thread():
+    if _state.autostarted or threading.current_thread() is not threading.main_thread():
         return
-    _started = True
+    _state.autostarted = True
     # A forked child (gunicorn workers, multiprocessing "fork") has no
     # watchdog thread: freezewatch closes the parent's handles there.
     # Registered after freezewatch's own fork handler, so it runs after

@@ -49,6 +49,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+from . import _state
 from ._snapshot.frames import source_line
 from ._snapshot.model import Frame
 
@@ -64,10 +65,8 @@ MAX_CAPTURE = 1 << 20
 # without a lock (single stores of a bool/int are atomic under the GIL).
 _real_register = faulthandler.register
 _real_unregister = faulthandler.unregister
-_app_took_over = False
-_on_conflict: Callable[[str], None] | None = None
-_wrapped = False
-_registered_pid = 0  # the pid in which our handler is registered
+_FH = _state.faulthandler
+"""app_took_over, on_conflict, registered_pid (the pid in which our handler is registered)."""
 
 
 def _signum(sig: Any) -> int:
@@ -91,11 +90,10 @@ def _app_unregister(signum: Any) -> Any:
 
 def _yield_to_app(what: str) -> None:
     """The application uses SIGNAL (``what`` says how): leave it alone for good."""
-    global _app_took_over, _registered_pid
-    first = not _app_took_over
-    _app_took_over = True
-    _registered_pid = 0  # the signal is the application's from now on
-    cb = _on_conflict
+    first = not _FH["app_took_over"]
+    _FH["app_took_over"] = True
+    _FH["registered_pid"] = 0  # the signal is the application's from now on
+    cb = _FH["on_conflict"]
     if first and cb is not None:
         cb(f"{what}, the signal freezewatch's faulthandler layer uses; the layer is off "
            "for this process (GIL-held freezes are still pinned by py-spy where it can "
@@ -103,12 +101,20 @@ def _yield_to_app(what: str) -> None:
 
 
 def _wrap_once() -> None:
-    global _wrapped
-    if _wrapped:
+    if _state.faulthandler_wrapped:
         return
-    _wrapped = True
+    _state.faulthandler_wrapped = True
     faulthandler.register = _app_register  # type: ignore[assignment]
     faulthandler.unregister = _app_unregister  # type: ignore[assignment]
+
+
+def release_app_claim() -> None:
+    """Forget that the application took the signal, and unregister whatever
+    handler it set there (tests: the next test's process starts afresh)."""
+    if _FH["app_took_over"]:
+        _real_unregister(SIGNAL)
+    _FH["app_took_over"] = False
+    _FH["registered_pid"] = 0
 
 
 def unavailable_reason() -> str | None:
@@ -116,7 +122,7 @@ def unavailable_reason() -> str | None:
     if not SIGNAL or not hasattr(faulthandler, "register") or not hasattr(os, "memfd_create"):
         return ("faulthandler.register, real-time signals or memfd_create are missing on "
                 "this platform")
-    if _app_took_over:
+    if _FH["app_took_over"]:
         return f"the application uses signal {SIGNAL} with faulthandler"
     return None
 
@@ -125,14 +131,13 @@ class SignalDump:
     """Our faulthandler handler and its private output file (watchdog thread only)."""
 
     def __init__(self, on_conflict: Callable[[str], None]) -> None:
-        global _on_conflict
         self._fd = -1
         self.error: str | None = None
-        _on_conflict = on_conflict
+        _FH["on_conflict"] = on_conflict
 
     @property
     def active(self) -> bool:
-        return self._fd >= 0 and not _app_took_over
+        return self._fd >= 0 and not _FH["app_took_over"]
 
     @property
     def fd(self) -> int:
@@ -141,8 +146,7 @@ class SignalDump:
 
     def ensure(self) -> bool:
         """Register the handler once per process; True when it is in place."""
-        global _registered_pid
-        if self.active and _registered_pid == os.getpid():
+        if self.active and _FH["registered_pid"] == os.getpid():
             return True
         if self.error is not None:
             return False
@@ -150,7 +154,7 @@ class SignalDump:
         if self.error is not None:
             return False
         current = signal.getsignal(SIGNAL)
-        if current not in (signal.SIG_DFL, 0) and _registered_pid == 0:
+        if current not in (signal.SIG_DFL, 0) and _FH["registered_pid"] == 0:
             # Somebody handles this signal already (signal.signal or C code):
             # never take it from them.
             self.error = f"signal {SIGNAL} already has a handler in this process"
@@ -165,7 +169,7 @@ class SignalDump:
         except (OSError, RuntimeError, ValueError) as e:
             self.error = f"faulthandler.register failed: {e}"
             return False
-        _registered_pid = os.getpid()
+        _FH["registered_pid"] = os.getpid()
         return True
 
     def take(self) -> str | None:
@@ -186,10 +190,9 @@ class SignalDump:
         return data.decode("utf-8", "replace")
 
     def close(self) -> None:
-        global _registered_pid
-        if _registered_pid == os.getpid() and not _app_took_over:
+        if _FH["registered_pid"] == os.getpid() and not _FH["app_took_over"]:
             _real_unregister(SIGNAL)
-            _registered_pid = 0
+            _FH["registered_pid"] = 0
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -3,8 +3,8 @@
 A C call that holds the GIL stops the watchdog thread too. The sentinel
 process (``_sentinel``), outside our GIL, notices the watchdog's silence and
 acts during the freeze. The watchdog drives it once per round (``round``)
-and, when it runs again after such a stretch, the loop code
-(``_loopwatch``) turns the captures into a normal freeze dump:
+and, when it runs again after such a stretch, the pipeline (``_pipeline``)
+turns the captures into a normal freeze dump:
 
 - faulthandler (``_faulthandler``): the sentinel signals each loop thread,
   whose faulthandler handler writes its own Python stack at a moment inside
@@ -20,7 +20,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
 from . import _state
 from ._events import FreezeEvent
@@ -30,10 +30,6 @@ from ._sinks.log import events
 from ._snapshot.frames import app_frame, source_line
 from ._snapshot.model import Frame, Native, Snapshot, TaskGroup
 from ._snapshot.native import capture_native, find_pyspy, native_from_output
-
-if TYPE_CHECKING:
-    from ._loopstate import LoopState
-    from ._loopwatch import LoopWatch
 
 
 def _conflict(reason: str) -> None:
@@ -57,7 +53,7 @@ class GilLayers:
         self._signal_rounds = 0
         self.captures = 0
 
-    def round(self, now: float, watches: Sequence[LoopWatch], silent: float) -> Capture | None:
+    def round(self, now: float, watches: Sequence[Any], silent: float) -> Capture | None:
         """Beat the sentinel; the faulthandler capture it had taken, if any."""
         if not watches:
             return None
@@ -87,7 +83,7 @@ class GilLayers:
             self.sentinel.beat(threshold, min(w.config.interval for w in watches) + 0.05)
         return cap
 
-    def _start_sentinel(self, watches: Sequence[LoopWatch], threshold: float,
+    def _start_sentinel(self, watches: Sequence[Any], threshold: float,
                         fh: bool) -> None:
         wanted = [w for w in watches if w.config.sentinel]
         if not wanted:
@@ -100,7 +96,7 @@ class GilLayers:
         if fd >= 0 and self.sentinel.proc is None:
             self.signal_dump.close()  # nobody would send the signal
 
-    def _publish_loops(self, watches: Sequence[LoopWatch]) -> None:
+    def _publish_loops(self, watches: Sequence[Any]) -> None:
         """Tell the sentinel which threads run our loops (when that changes)."""
         idents = tuple(w.thread_ident for w in watches)
         if idents == self._idents:
@@ -111,11 +107,10 @@ class GilLayers:
                       if i is not None and (n := native.get(i)) is not None)
         self.sentinel.set_loops(pairs)
 
-    def sentinel_native(self, since: float, w: LoopState) -> Native:
+    def sentinel_native(self, since: float, sentinel_on: bool, threshold: float) -> Native:
         """The sentinel's native trace taken during the freeze that began at ``since``."""
-        cfg = w.config
         sp = self.sentinel
-        if not cfg.sentinel:
+        if not sentinel_on:
             why = "the sentinel is disabled (sentinel=False)"
         elif sp.proc is None:
             why = sp.error or "the sentinel is not running"
@@ -131,7 +126,7 @@ class GilLayers:
                     code if isinstance(code, int) else None, str(raw.get("stdout") or ""),
                     str(raw.get("stderr") or ""), sp.limit, "sentinel")
             why = ("the sentinel took no trace during this freeze (it acts once the "
-                   f"watchdog was silent for the threshold, {cfg.threshold:g} s)")
+                   f"watchdog was silent for the threshold, {threshold:g} s)")
         return Native(False, error=f"no native trace from inside the GIL-held freeze: {why}",
                       source="sentinel")
 
@@ -145,12 +140,11 @@ def layers() -> GilLayers | None:
     return getattr(wd, "gil", None) if wd is not None else None
 
 
-def live_native(w: LoopState, pyspy: str | None) -> Native:
+def live_native(pyspy: str | None, limit: float) -> Native:
     """py-spy run by the watchdog during a live freeze; the sentinel stands down meanwhile
     and gets the PR_SET_PTRACER slot back afterwards."""
     gl = layers()
     sp = gl.sentinel if gl is not None and gl.sentinel.alive() else None
-    limit = w.config.native_timeout
     if sp is not None:
         sp.stand_down(limit + 3.0)
     try:

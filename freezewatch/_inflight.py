@@ -18,13 +18,18 @@ import functools
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from . import _state
 from ._snapshot.model import InflightUnit
 
-if TYPE_CHECKING:
-    from ._loopwatch import LoopWatch
+
+class Owner(Protocol):
+    """What a unit needs of the handle of its loop (``_handle.LoopWatch``)."""
+
+    inflight: dict[int, Unit]
+
+    def stall_ended(self, unit: Unit) -> None: ...
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -48,7 +53,7 @@ class Unit:
     )
 
     def __init__(self, name: str, kind: str, stall_after: float | None, task: Any,
-                 owner: LoopWatch | None = None, request_id: str | None = None) -> None:
+                 owner: Owner | None = None, request_id: str | None = None) -> None:
         self.name = name
         self.kind = kind
         self.stall_after = stall_after

@@ -11,15 +11,15 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from . import _state
+from . import _registry, _state
 from ._config import Config, load
 from ._events import FreezeEvent
-from ._loopwatch import LoopWatch
-from ._sdnotify import Notifier
-from ._serve import MetricsServer
+from ._handle import LoopWatch
 from ._sinks import metrics as _metrics
 from ._sinks.log import events
-from ._snapshot import kernel as _kernel
+from ._sinks.sdnotify import Notifier
+from ._sinks.serve import MetricsServer
+from ._snapshot import gcwatch
 from ._watchdog import Watchdog
 
 
@@ -46,19 +46,20 @@ def install(
             loop = None
     with _state.lock:
         if loop is not None:
-            existing = _state.by_loop.get(loop)
+            existing: LoopWatch | None = _state.by_loop.get(loop)
             if existing is not None and not existing.closed:
                 return existing
         me = threading.get_ident()
         if loop is None:
-            wd = _state.watchdog
-            for w in wd.watches if wd else ():
-                if w.loop is None and w._install_thread == me and not w.closed:
+            pending: Watchdog | None = _state.watchdog
+            for w in pending.watches if pending else ():
+                if w.loop is None and w.install_thread == me and not w.closed:
                     return w
         _metrics.family(config.registry)  # the metric families exist from install on
         _ensure_server(config)  # before the handle: a port that cannot be bound leaves none
         w = LoopWatch(loop, config, hooks, install_thread=me if loop is None or
                       _running_here(loop) else None)
+        gcwatch.watch_gc()  # a flag while a collection runs: cause "garbage collection"
         if loop is not None:
             _state.by_loop[loop] = w
         wd = _ensure_watchdog()
@@ -104,60 +105,13 @@ def _running_here(loop: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
-def attach(w: LoopWatch, loop: asyncio.AbstractEventLoop) -> None:
-    """A pending handle found its loop (called on the watchdog thread)."""
-    with _state.lock:
-        if any(loop is x for x in _state.inherited_loops):
-            return  # the parent's loop, seen on a forked child's stack: it never runs here
-        if loop in _state.by_loop:  # watched already through another install()
-            w.closed = True
-            _drop(w)
-            return
-        w.loop = loop
-        w._thread_id = w._install_thread
-        _state.by_loop[loop] = w
-
-
 def _ensure_watchdog() -> Watchdog:
-    wd = _state.watchdog
+    wd: Watchdog | None = _state.watchdog
     if wd is None or not wd.is_alive():
         wd = Watchdog()
         _state.watchdog = wd
         wd.start()
     return wd
-
-
-def _drop(w: LoopWatch) -> None:
-    wd = _state.watchdog
-    if wd is not None:
-        wd.watches = tuple(x for x in wd.watches if x is not w)
-    if w.loop is not None and _state.by_loop.get(w.loop) is w:
-        del _state.by_loop[w.loop]
-    _metrics.forget(w)
-    w.detach_idle()  # give the loop its own selector back
-
-
-def _stop_services() -> None:
-    """The last loop is no longer watched: stop the metrics server, stop feeding systemd."""
-    srv, _state.metrics_server = _state.metrics_server, None
-    if srv is not None:
-        srv.stop()
-    notifier, _state.notifier = _state.notifier, None
-    if notifier is not None:
-        notifier.close()
-    _kernel.unwatch_gc()
-
-
-def remove(w: LoopWatch, quiet: bool = False) -> None:
-    """Stop watching one loop; the thread stops when no loop is left."""
-    with _state.lock:
-        w.closed = True
-        _drop(w)
-        wd = _state.watchdog
-        if wd is not None and not wd.watches:
-            _state.watchdog = None
-            wd.stop()
-            _stop_services()
 
 
 def uninstall(loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -170,13 +124,13 @@ def uninstall(loop: asyncio.AbstractEventLoop | None = None) -> None:
         targets = [w for w in (wd.watches if wd else ()) if loop is None or w.loop is loop]
         for w in targets:
             w.closed = True
-            _drop(w)
+            _registry.drop(w)
         if wd is not None and (loop is None or not wd.watches):
             _state.watchdog = None
             wd.stop()
-            _stop_services()
+            _registry.stop_services()
         elif wd is None:
-            _stop_services()
+            _registry.stop_services()
     if loop is None:
         events.flush(1.0)
 
@@ -197,7 +151,7 @@ def _after_fork_in_child() -> None:
     rearm: LoopWatch | None = None
     for w in wd.watches if wd else ():
         w.closed = True
-        if (w._install_thread if w.loop is None else w._thread_id) == me:
+        if (w.install_thread if w.loop is None else w.thread_ident) == me:
             rearm = w
     if _state.metrics_server is not None:  # the parent keeps serving on the port
         _state.metrics_server.close_in_child()
@@ -214,7 +168,8 @@ def _after_fork_in_child() -> None:
 
 
 def _loops_on_this_stack() -> list[Any]:
-    """Event loops referenced by the current thread's frames (as ``_find_loop`` sees them)."""
+    """Event loops referenced by the current thread's frames (as ``_observe.find_loop``
+    sees them)."""
     found: list[Any] = []
     frame = sys._getframe(1)
     depth = 0
@@ -237,7 +192,7 @@ def _at_exit() -> None:
     if wd is not None:
         _state.watchdog = None
         wd.stop(timeout=1.0)
-    _stop_services()
+    _registry.stop_services()
     _mark_dead_in_multiprocess_dir()
     events.flush(0.5)
     events.stop(0.5)

@@ -1,47 +1,88 @@
 """Global state department: the only process-global state of freezewatch.
 
-One watchdog thread, the handles it serves (by loop, and those still waiting
-for their loop to start), a sequence for dump names, and the per-signature
-rate limit. ``reset()`` puts everything back for tests; don't reload this
-module or everything breaks.
+Everything freezewatch keeps per process lives here, as plain module
+attributes, and ``reset()`` puts every one of them back (tests; a forked
+child). This module imports nothing of freezewatch, so every other module
+may import it; what it holds is typed loosely (``Any``) for that reason.
+Don't reload this module or everything breaks.
+
+Two kinds of names, both here:
+
+- state (cleared by ``reset()``): the watchdog, the handles, the server and
+  notifier, dump sequence and rate limit, the optional sinks, the gc records,
+  the counters of errors survived;
+- process-lifetime facts (kept by ``reset()``, because what they record
+  cannot be undone, or must survive a fork: an ``os.register_at_fork`` hook,
+  the wrappers around ``faulthandler.register``, an application that took
+  the faulthandler signal, autostart done): ``autostarted``,
+  ``faulthandler``, ``faulthandler_wrapped``, ``fork_hooks``,
+  ``sentinel_pipe_fds``.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from ._loopwatch import LoopWatch
-    from ._sdnotify import Notifier
-    from ._serve import MetricsServer
-    from ._watchdog import Watchdog
+from typing import Any
 
 # Guards install/uninstall only: never taken by the watchdog thread while it
 # inspects a loop, and never on the heartbeat path.
 lock = threading.RLock()
-watchdog: Watchdog | None = None
-by_loop: dict[Any, LoopWatch] = {}
+watchdog: Any = None
+"""The one ``_watchdog.Watchdog`` (None when nothing is watched)."""
+by_loop: dict[Any, Any] = {}
 """Watched loops (keyed by loop object) -> handle. Read lock-free by watch()."""
 dump_seq = itertools.count(1)
 last_dump_by_signature: dict[str, float] = {}
-metrics_server: MetricsServer | None = None
+"""Rate limit: signature -> when (monotonic) a dump with it was last written."""
+metrics_server: Any = None
 """The /metrics + /healthz server thread (install(metrics_port=...)); one per process."""
-notifier: Notifier | None = None
+notifier: Any = None
 """systemd watchdog pings (NOTIFY_SOCKET + WATCHDOG_USEC), fed by the watchdog thread."""
 inherited_loops: list[Any] = []
 """After fork, in the child: loops that were running on the forking thread's
 stack. They are the parent's and never run again here; never attach to them."""
+extra_sinks: list[Any] = []
+"""Optional sinks (OpenTelemetry, Sentry): see ``_sinks.report``. Copy-on-write."""
+gc_running: tuple[int, float] | None = None
+"""(thread ident, monotonic start) of the collection running now (``_snapshot.gcwatch``)."""
+gc_last: tuple[int, float, float, int] | None = None
+"""(thread ident, start, end, generation) of the last collection that finished."""
+errors_survived: dict[str, int] = {}
+"""Failures caught at a boundary and survived, by where (``metrics``, ``sink``...)."""
+
+# Process-lifetime facts: kept by reset().
+autostarted = False
+"""``FREEZEWATCH_AUTOSTART`` / ``freezewatch run`` installed already in this process."""
+faulthandler: dict[str, Any] = {"app_took_over": False, "on_conflict": None,
+                                "registered_pid": 0}
+"""The faulthandler layer's process-wide facts (see ``_faulthandler``): once the
+application took the signal, it keeps it, in forked children too."""
+fork_hooks: set[str] = set()
+"""Names of the os.register_at_fork hooks registered (they cannot be removed)."""
+faulthandler_wrapped = False
+sentinel_pipe_fds: set[int] = set()
+"""Write ends of the pipes to our sentinels: closed in a forked child, so the
+parent's sentinel still sees EOF when the parent dies."""
+
+
+def count_error(where: str) -> int:
+    """Count one failure survived at ``where``; returns how many so far."""
+    n = errors_survived.get(where, 0) + 1
+    errors_survived[where] = n
+    return n
 
 
 def reset() -> None:
     """Forget everything (tests; after fork in the child). Does not stop threads."""
-    global watchdog, dump_seq, metrics_server, notifier
+    global watchdog, dump_seq, metrics_server, notifier, gc_running, gc_last, extra_sinks
     watchdog = None
     metrics_server = None
     notifier = None
+    gc_running = gc_last = None
+    extra_sinks = []
     inherited_loops.clear()
     by_loop.clear()
     last_dump_by_signature.clear()
+    errors_survived.clear()
     dump_seq = itertools.count(1)

@@ -1,8 +1,10 @@
-"""The one watchdog thread: every loop's heartbeats, deadlines and captures.
+"""The one watchdog thread: each round, observe every loop, ask the detector, act.
 
-It waits on a threading.Event with a timeout (never a bare sleep), so
+It waits on a wake-up flag with a timeout (never a bare sleep), so
 uninstall() wakes it at once. It runs in a fresh contextvars.Context, so the
-installer's request context does not leak into its events.
+installer's request context does not leak into its events. What a round
+concludes is ``_detect``'s (pure); what it writes is ``_pipeline``'s; this
+module only observes (``_observe``), sequences and sleeps.
 """
 
 from __future__ import annotations
@@ -13,43 +15,22 @@ import threading
 import time
 import types
 
-from . import _health, _state
+from . import _detect, _observe, _registry, _selector, _state
 from ._events import FreezeEvent
 from ._faulthandler import Capture
 from ._gil import GilLayers
-from ._loopwatch import LoopWatch
-from ._sched import RunDelay
-from ._sinks.log import events
+from ._handle import LoopWatch
+from ._pipeline import Pipeline, emit
+from ._rundelay import RunDelay
+from ._sinks import health, metrics
 from ._snapshot.frames import thread_top_frames
 
 THREAD_NAME = "freezewatch-watchdog"
 RUN_DELAY_EVERY = 0.5
 MAX_PARK = 5.0
 """Longest parked sleep, a cap: the idle heartbeat (``idle_beat_every``) decides."""
-PARK_MAX_EXITS = 4
-"""A loop whose selector returned more often than this since the previous round
-is busy: do not park on it. A busy server sits in select() between requests
-most of the time, so the instant test alone parked the watchdog only for the
-loop to wake it a millisecond later: ~50 % more rounds and a wake-up
-(Event.set, a futex call) on the loop thread each time. An idle loop's own
-heartbeat answer costs it about two selector returns. After a loop woke a parked
-watchdog, one round runs unparked first, so the count spans a whole interval."""
 
-
-_NO_FRAMES: dict[int, types.FrameType] = {}  # never written: tick() only reads it
-
-
-def _needs_frames(w: LoopWatch) -> bool:
-    """Does this round's tick() of ``w`` read the threads' frames?
-
-    Only to find a loop not yet running, to tell idle from busy without a
-    selector wrapper (uvloop), or to declare a freeze (debugger check, loop
-    thread lookup), which needs a heartbeat out. A busy loop with its beat
-    answered needs none: sys._current_frames() builds a dict of every
-    thread, so it is skipped in most rounds. Cannot go stale before the
-    tick: only this thread sends beats; the loop thread can only answer one
-    (then the tick does not declare)."""
-    return w.loop is None or w.idle is None or (w._pending and w._answered_seq != w._sent_seq)
+_NO_FRAMES: dict[int, types.FrameType] = {}  # never written: observers only read it
 
 
 class _Wakeup:
@@ -84,23 +65,22 @@ class _Wakeup:
 class Watchdog:
     def __init__(self) -> None:
         # One flag for both reasons to wake early: stop(), and a parked
-        # watchdog's loop leaving its selector (see _idle).
+        # watchdog's loop leaving its selector (see _selector).
         self._event = _Wakeup()
         self._stopping = False
         # Set at the end of each round: releases a saturated loop that stood
-        # aside so this thread could take the GIL (see _idle.WakingSelector).
+        # aside so this thread could take the GIL (see _selector.WakingSelector).
         self.handoff = threading.Event()
         # Replaced as a whole (copy-on-write) by install/uninstall; the
         # watchdog reads the reference once per round, so it needs no lock.
         self.watches: tuple[LoopWatch, ...] = ()
-        # Each loop's selector-return count at the previous round (watchdog
-        # thread only): tells a busy loop from an idle one (see _park).
         self._exits_before: dict[LoopWatch, int] = {}
         self.errors = 0
         self.rounds = 0  # rounds run (tests and benchmarks: parking shows here)
-        # faulthandler timer + sentinel process: see what this thread cannot
-        # (a C call holding the GIL). Used by this thread only.
+        # faulthandler + sentinel process: see what this thread cannot (a C
+        # call holding the GIL). Used by this thread only.
         self.gil = GilLayers()
+        self.pipeline = Pipeline()
         self._thread = threading.Thread(
             target=contextvars.Context().run, args=(self._run,), name=THREAD_NAME, daemon=True
         )
@@ -121,23 +101,6 @@ class Watchdog:
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
-    def _gil_round(self, now: float, watches: tuple[LoopWatch, ...],
-                   silent: float) -> Capture | None:
-        try:
-            return self.gil.round(now, watches, silent)
-        except Exception as e:  # boundary: the GIL layers; detection goes on without them
-            self.errors += 1
-            if self.errors <= 20:
-                events.emit(FreezeEvent("watchdog_error", "*", 0.0,
-                                        reason=f"gil layers: {type(e).__name__}: {e}"), (), "error")
-            return None
-
-    def _run(self) -> None:
-        try:
-            self._rounds()
-        finally:
-            self.gil.close()  # cancel our faulthandler timer, let the sentinel go
-
     def wake(self) -> None:
         """Called on a loop thread when its loop leaves select() while we are parked."""
         # The sleep we announced to the sentinel is cut short: silence counts
@@ -145,8 +108,73 @@ class Watchdog:
         self.gil.sentinel.resume()
         self._event.set()
 
-    def _park(self, watches: tuple[LoopWatch, ...], min_threshold: float,
-              loop_woke: bool = False) -> float | None:
+    def _error(self, where: str, e: Exception) -> None:
+        self.errors += 1
+        _state.count_error("watchdog")
+        if self.errors <= 20:
+            emit(None, FreezeEvent("watchdog_error", where, 0.0,
+                                   reason=f"{type(e).__name__}: {e}"), "error")
+
+    def _run(self) -> None:
+        try:
+            self._rounds()
+        finally:
+            self.gil.close()  # cancel our faulthandler handler, let the sentinel go
+
+    # -- one loop -------------------------------------------------------------------
+    def _tick(self, w: LoopWatch, now: float, tops: dict[int, types.FrameType],
+              cap: Capture | None, silent: float) -> None:
+        if w.loop is None:
+            loop = _observe.find_loop(w, tops)
+            if loop is not None:
+                _registry.attach(w, loop)
+            return
+        obs = _observe.observe(w, now, tops, cap, silent)
+        if _detect.needs_details(w.state, obs):
+            obs = _observe.with_details(w, obs, tops)
+        p = self.pipeline
+        for d in _detect.step(w.state, obs):
+            if isinstance(d, _detect.Send):
+                self._prepare(w)
+                w.send()
+            elif isinstance(d, _detect.Lag):
+                metrics.lag(w, d.seconds)  # a freeze's full duration is a lag sample too
+            elif isinstance(d, _detect.Declared):
+                p.declared(w, d, cap)
+            elif isinstance(d, _detect.UpdateDue):
+                p.update(w, d)
+            elif isinstance(d, _detect.Ended):
+                p.ended(w, d)
+            elif isinstance(d, _detect.Late):
+                p.late(w, d, cap)
+            elif isinstance(d, (_detect.SilentGil, _detect.SilentSentinel)):
+                p.silent(w, d, cap)
+            elif isinstance(d, _detect.Suspended):
+                emit(w, FreezeEvent("process_suspended", w.name, round(d.seconds, 3),
+                                    reason=f"the loop thread waited {d.waited:.2f} s for a "
+                                           f"CPU (machine overloaded)"), "info")
+            elif isinstance(d, _detect.Ignored):
+                emit(w, FreezeEvent("freeze_ignored", w.name, round(d.age, 3),
+                                    reason=d.reason), "info")
+            elif isinstance(d, _detect.ScanStalls):
+                p.scan_stalls(w, now)
+            elif isinstance(d, _detect.SampleWaits):
+                w.state.next_wait_sample = now + w.waits.sample(w.loop, now)
+            elif isinstance(d, _detect.Gone):
+                p.forget(w)
+                _registry.remove(w)
+        if not w.state.pending and w.idle is not None:
+            w.exits_seen = w.idle.exits
+
+    def _prepare(self, w: LoopWatch) -> None:
+        """Before a loop's first beat: wrap its selector, so an idle loop can park us."""
+        if w.idle is None and not w.idle_tried and w.loop is not None:
+            w.idle_tried = True
+            state = _selector.IdleState(self.wake, self.handoff)
+            w.idle = state if _selector.attach(w.loop, state) else None
+
+    # -- parking --------------------------------------------------------------------
+    def _park(self, watches: tuple[LoopWatch, ...], loop_woke: bool) -> float | None:
         """Sleep longer than ``interval`` when every loop waits in its selector.
 
         The sentinel is told the silence is chosen (``stand_down``)."""
@@ -158,20 +186,28 @@ class Watchdog:
         if loop_woke:
             # A loop cut our last parked sleep short: watch one interval
             # unparked, so the next round sees its selector's rate over a
-            # whole interval (one return since a park a millisecond ago says
-            # nothing about a loop that returns 500 times a second).
+            # whole interval.
             return None
-        for w, exits in self._exits_before.items():
-            # Busy since the previous round: it will leave select() again soon.
-            if exits - before.get(w, exits) > PARK_MAX_EXITS:
-                return None
+        if any(_detect.busy_selector(n, before.get(w)) for w, n in self._exits_before.items()):
+            return None  # busy since the previous round: it will leave select() soon
         now = time.monotonic()
         waits = []
         for w in watches:
-            sleep = w.park_for(now)
+            st = w.idle
+            sleep = None if st is None else _detect.park_for(
+                w.state, now, in_select=st.in_select, moved=st.exits != w.exits_seen,
+                has_units=bool(w.inflight), allow_depth=w.allow_depth)
+            if sleep is not None and st is not None:
+                # The selector wrapper reads ``parked`` after it writes its
+                # flags; we write it before re-reading them: one of the two
+                # sees the other, so a wake-up is never lost.
+                st.parked = True
+                if not st.in_select or st.exits != w.exits_seen:
+                    sleep = None
             if sleep is None:
                 for x in watches:
-                    x.unpark()
+                    if x.idle is not None:
+                        x.idle.parked = False
                 return None
             waits.append(sleep)
         notifier = _state.notifier
@@ -179,37 +215,15 @@ class Watchdog:
             waits.append(notifier.period / 2)
         return min([*waits, MAX_PARK])
 
-    def _suspended(self, watches: tuple[LoopWatch, ...], seconds: float, reason: str) -> None:
-        for w in watches:
-            w.ignore_pending()
-        events.emit(FreezeEvent("process_suspended", "*", round(seconds, 3), reason=reason),
-                    (), "info")
-
-    def _starved(self, watches: tuple[LoopWatch, ...], silent: float,
-                 own_before: float | None, loops_before: dict[LoopWatch, float | None]) -> bool:
-        """Was our silence an overloaded machine (we, or the GIL holder, sat on a
-        run queue) rather than a C call holding the GIL? See _sched."""
-        own = self._own_delay.read()
-        if own is None or own_before is None:
-            return False
-        waited = own - own_before
-        for w in watches:
-            before, after = loops_before.get(w), w.loop_run_delay()
-            if before is not None and after is not None:
-                waited = max(waited, (own - own_before) + (after - before))
-        return waited >= 0.5 * silent
-
+    # -- the rounds -----------------------------------------------------------------
     def _rounds(self) -> None:
         # Opened on this thread: /proc/thread-self is the watchdog's own entry.
-        self._own_delay = RunDelay("/proc/thread-self/schedstat")
-        expected = time.monotonic()
+        own_delay = RunDelay("/proc/thread-self/schedstat")
+        expected = wall_before = time.monotonic()
         cpu_before = time.process_time()
-        wall_before = expected
         own_before: float | None = None
         rd_at = -RUN_DELAY_EVERY
-        parked_wait = False
-        loops_before: dict[LoopWatch, float | None] = {}
-        loop_woke = False  # a loop ended our last parked sleep early
+        parked_wait = loop_woke = False
         while not self._stopping:
             self._event.clear()  # a wake-up after this point makes the next wait return
             self.rounds += 1
@@ -217,11 +231,6 @@ class Watchdog:
             cpu_top = time.process_time()
             watches = self.watches
             min_threshold = min((w.config.threshold for w in watches), default=1.0)
-            # Guard against false alarms: if we woke far later than asked and
-            # the process used little CPU meanwhile, the whole process was
-            # stopped or starved (SIGSTOP, suspend, a throttled container) -
-            # not a frozen loop. A GIL-holding C call also delays us, but
-            # burns CPU while it does.
             late = now - expected
             silent = now - wall_before  # how long this thread could not run
             if parked_wait:
@@ -233,49 +242,55 @@ class Watchdog:
                 silent = now - woke if loop_woke else max(0.0, late)
                 self.gil.sentinel.stand_down(0.0)
                 parked_wait = False
-            gil_capture = self._gil_round(now, watches, silent)
-            explained = False  # our silence had a cause other than a held GIL
-            if watches and silent > 0.5 * min_threshold and self._starved(
-                    watches, silent, own_before, loops_before):
-                explained = True
-                gil_capture = None  # what faulthandler saw was load, not a held GIL
-                self._suspended(watches, silent, "the machine was overloaded: the watchdog "
-                                "or the loop thread waited for a CPU")
-            elif watches and late > 0.5 * min_threshold:
-                cpu = time.process_time() - cpu_before
-                if cpu < 0.5 * (now - wall_before):
-                    explained = True
-                    # faulthandler saw a loop busy (not in its selector)
-                    # meanwhile: a GIL-held freeze, not a suspension.
-                    busy = [w for w in watches if w.busy_in(gil_capture)]
-                    self._suspended(tuple(w for w in watches if w not in busy), late,
-                                    "the whole process was not running")
+            try:
+                cap = self.gil.round(now, watches, silent)
+            except Exception as e:  # boundary: the GIL layers; detection goes on without them
+                self._error("gil layers", e)
+                cap = None
+            verdict = None
+            if watches and max(silent, late) > 0.5 * min_threshold:
+                # Only after a silence: each run-delay read is a syscall.
+                own = own_delay.read() if silent > 0.5 * min_threshold else None
+                verdict = _detect.explain_silence(
+                    silent=silent, late=late, min_threshold=min_threshold,
+                    own_waited=None if own is None or own_before is None else own - own_before,
+                    loops_waited=[after - w.rd_base for w in watches if own is not None
+                                  and w.rd_base is not None
+                                  and (after := w.loop_run_delay()) is not None],
+                    cpu_used=time.process_time() - cpu_before, wall=now - wall_before)
+            if verdict is not None:
+                if verdict.kind == "starved":
+                    cap = None  # what faulthandler saw was load, not a held GIL
+                # faulthandler saw a loop busy (not idle) meanwhile: a GIL-held
+                # freeze, not a suspension, for that loop.
+                busy = {w for w in watches if verdict.kind == "suspended"
+                        and (g := _observe.gil_seen(w, cap)) is not None and g.busy}
+                for w in watches:
+                    if w not in busy:
+                        _detect.void_pending(w.state, now, w.answered()[0])
+                emit(None, FreezeEvent("process_suspended", "*", round(verdict.seconds, 3),
+                                       reason=verdict.reason), "info")
             tops: dict[int, types.FrameType] | None = None
             for w in watches:
                 try:
-                    if tops is None and _needs_frames(w):
+                    if tops is None and _observe.needs_frames(w):
                         tops = thread_top_frames()
-                    w.gil_capture = gil_capture  # valid for this round only
-                    w.watchdog_silent = 0.0 if explained else silent
-                    w.tick(now, _NO_FRAMES if tops is None else tops)
+                    self._tick(w, now, _NO_FRAMES if tops is None else tops, cap,
+                               0.0 if verdict is not None else silent)
                 except Exception as e:  # boundary: one loop's round; the watchdog survives
-                    self.errors += 1
-                    if self.errors <= 20:
-                        events.emit(FreezeEvent("watchdog_error", w.name, 0.0,
-                                                reason=f"{type(e).__name__}: {e}"), (), "error")
+                    self._error(w.name, e)
             del tops
-            _health.after_round(watches, now)  # gauges + systemd pings; never raises
+            health.after_round(watches, now)  # gauges + systemd pings; never raises
             # A stop that lands inside this round (after `now` was read) is not
-            # seen by the lateness check of the next round: check the round
-            # itself. A long round that used little CPU was stopped or waited on
-            # py-spy (which pauses us too): beats sent before it prove nothing.
+            # seen by the lateness check of the next round: check the round itself.
             spent = time.monotonic() - now
-            if watches and spent > 0.5 * min_threshold and (
-                    time.process_time() - cpu_top) < 0.5 * spent:
+            if watches and _detect.round_stalled(spent, time.process_time() - cpu_top,
+                                                 min_threshold):
                 for w in watches:
-                    w.ignore_pending()
-            wait = min((w.next_wake(time.monotonic()) for w in watches), default=0.1)
-            parked = self._park(watches, min_threshold, loop_woke)
+                    _detect.void_pending(w.state, time.monotonic(), w.answered()[0])
+            wait = min((_detect.next_wake(w.state, time.monotonic(), w.allow_depth,
+                                          w.allow_exit_at) for w in watches), default=0.1)
+            parked = self._park(watches, loop_woke)
             loop_woke = False
             if parked is not None:
                 wait = parked
@@ -289,10 +304,9 @@ class Watchdog:
             # window the starvation tests look at.
             if now - rd_at >= RUN_DELAY_EVERY:
                 rd_at = now
-                own_before = self._own_delay.read()
+                own_before = own_delay.read()
                 for w in watches:
                     w.rd_base = w.loop_run_delay()
-                loops_before = {w: w.rd_base for w in watches}
             wall_before = time.monotonic()
             cpu_before = time.process_time()
             expected = wall_before + wait

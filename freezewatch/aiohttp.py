@@ -35,9 +35,9 @@ from aiohttp import web
 
 from . import _state
 from ._config import load
+from ._handle import LoopWatch
 from ._inflight import Unit, close_unit, open_unit
 from ._install import install
-from ._loopwatch import LoopWatch
 
 __all__ = ["middleware", "setup", "trace_config"]
 

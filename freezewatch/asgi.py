@@ -25,9 +25,9 @@ from typing import Any
 
 from . import _state
 from ._config import load
+from ._handle import LoopWatch
 from ._inflight import close_unit, open_unit
 from ._install import install
-from ._loopwatch import LoopWatch
 
 __all__ = ["FreezewatchMiddleware"]
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from ._loopwatch import LoopWatch
+    from ._handle import LoopWatch
 
 DEFAULT_THRESHOLD = 0.25
 """Threshold for a bare ``--freezewatch``: above a CI machine's scheduling noise."""

@@ -239,7 +239,7 @@ def test_loop_stopped_then_closed_with_beat_pending(loop_factory: LoopFactory, d
         # The scenario is real: a beat was sent and is still queued, unanswered.
         # (uvloop runs call_soon_threadsafe callbacks queued before stop() takes
         # effect, so there no beat is left behind; the same path still runs.)
-        return w._sent_seq > w._answered_seq or loop_factory is not asyncio.new_event_loop
+        return w.state.sent_seq > w.answered()[0] or loop_factory is not asyncio.new_event_loop
 
     try:
         loop.call_soon(busy_then_stop)

@@ -62,10 +62,7 @@ def _faulthandler_back() -> Iterator[None]:
     yield
     freezewatch.uninstall()
     faulthandler.cancel_dump_traceback_later()
-    if _faulthandler._app_took_over:
-        _faulthandler._real_unregister(_faulthandler.SIGNAL)
-    _faulthandler._app_took_over = False
-    _faulthandler._registered_pid = 0
+    _faulthandler.release_app_claim()
 
 
 def _only_dump(dump_dir: Path) -> dict[str, Any]:

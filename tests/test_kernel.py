@@ -16,7 +16,7 @@ import pytest
 from conftest import assert_contract, dumps, line_of
 
 import freezewatch
-from freezewatch._snapshot import kernel
+from freezewatch._snapshot import cause, cpu, procview
 
 BLOCK = 1.5  # seconds the loop thread is blocked; threshold 0.3
 
@@ -179,15 +179,15 @@ def test_garbage_collection(dump_dir: Path, events: Any) -> None:
 def test_without_proc_the_field_says_so() -> None:
     """Where /proc is missing the view is not ok, says why, and the CPU clock still classifies."""
     me = threading.get_ident()
-    before = kernel.cpu_sample(me)
-    view = kernel.read_view(12345, before, kernel.cpu_sample(me), proc="/nonexistent-proc")
+    before = cpu.cpu_sample(me)
+    view = procview.read_view(12345, before, cpu.cpu_sample(me), proc="/nonexistent-proc")
     assert view.ok is False
     assert view.error is not None and "/nonexistent-proc is not available" in view.error
-    assert kernel.classify(view, ()) in ("blocked syscall", "CPU spin", "unknown")
+    assert cause.classify(view, ()) in ("blocked syscall", "CPU spin", "unknown")
 
 
 def test_tcp_addresses_decoded() -> None:
     """/proc/net/tcp{,6} hex addresses decode to dotted and bracketed forms."""
-    assert kernel._endpoint("0100007F:1F90") == "127.0.0.1:8080"
-    assert kernel._endpoint("00000000000000000000000001000000:0050") == "[::1]:80"
-    assert kernel._endpoint("0000000000000000FFFF00000100007F:1F90") == "127.0.0.1:8080"
+    assert procview._endpoint("0100007F:1F90") == "127.0.0.1:8080"
+    assert procview._endpoint("00000000000000000000000001000000:0050") == "[::1]:80"
+    assert procview._endpoint("0000000000000000FFFF00000100007F:1F90") == "127.0.0.1:8080"

@@ -19,7 +19,7 @@ from metrics_support import NO_PROMETHEUS, PROMTOOL, free_port, get, sample
 from prometheus_client import CollectorRegistry, generate_latest
 
 import freezewatch
-from freezewatch._sdnotify import Notifier
+from freezewatch._sinks.sdnotify import Notifier
 
 METRICS = {  # the public metric families (docs/metrics.md), base names as in # TYPE
     "freezewatch_loop_lag_seconds": "histogram",

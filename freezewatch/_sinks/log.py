@@ -72,7 +72,7 @@ class EventSink:
                     self.failures += 1
                     with contextlib.suppress(Exception):
                         log.error("hook_failed", hook=repr(hook), error=repr(e))
-            sinks = _report.extra_sinks
+            sinks = _report.sinks()
             if sinks:
                 rep = rep if rep is not None else Report(event, level=level)
                 for sink in sinks:

@@ -17,6 +17,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from .. import _state
 from .._events import FreezeEvent
 from .._snapshot.model import Snapshot
 
@@ -49,17 +50,16 @@ class Sink(Protocol):
     def deliver(self, report: Report) -> None: ...
 
 
-extra_sinks: list[Sink] = []
-"""Sinks registered by the optional integrations (``freezewatch.otel``,
-``freezewatch.sentry``). Replaced as a whole (copy-on-write) when changed."""
+def sinks() -> list[Sink]:
+    """The sinks registered by the optional integrations (``freezewatch.otel``,
+    ``freezewatch.sentry``); kept in ``_state.extra_sinks``, copy-on-write."""
+    return _state.extra_sinks
 
 
 def register(sink: Sink) -> None:
     """Add ``sink`` (idempotent by name: a sink of the same name is replaced)."""
-    global extra_sinks
-    extra_sinks = [s for s in extra_sinks if s.name != sink.name] + [sink]
+    _state.extra_sinks = [s for s in _state.extra_sinks if s.name != sink.name] + [sink]
 
 
 def unregister(name: str) -> None:
-    global extra_sinks
-    extra_sinks = [s for s in extra_sinks if s.name != name]
+    _state.extra_sinks = [s for s in _state.extra_sinks if s.name != name]

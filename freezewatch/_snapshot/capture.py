@@ -14,8 +14,9 @@ import sys
 import time
 from typing import Any
 
+from . import cause as _cause
+from . import cpu as _cpu
 from . import frames as _frames
-from . import kernel as _kernel
 from .context import task_context
 from .model import Frame, InflightUnit, LoopInfo, Native, Snapshot, TaskGroup, ThreadStack
 from .tasks import all_tasks, group_tasks, task_chain
@@ -48,16 +49,16 @@ def capture(
     stalled_task: asyncio.Task[Any] | None = None,
     extra: dict[str, Any] | None = None,
     waits: WaitSampler | None = None,
-    cpu_before: _kernel.CpuSample | None = None,
+    cpu_before: _cpu.CpuSample | None = None,
 ) -> Snapshot:
     errors: list[str] = []
     # A freeze's kernel view compares the loop thread's CPU time with an
     # earlier sample: the one taken when the unanswered heartbeat was sent
     # (``cpu_before``, a threshold ago: no wait), else one taken now, which
-    # kernel.observe tops up to its minimum window (up to 0.1 s later).
+    # cause.observe tops up to its minimum window (up to 0.1 s later).
     cpu0 = cpu_before
     if cpu0 is None and kind != "stall":
-        cpu0 = _safe(errors, "kernel", lambda: _kernel.cpu_sample(info.thread_id), None)
+        cpu0 = _safe(errors, "kernel", lambda: _cpu.cpu_sample(info.thread_id), None)
     tops = _safe(errors, "threads", _frames.thread_top_frames, {})
     loop_frames: tuple[Frame, ...] = ()
     if info.thread_id is not None and info.thread_id in tops:
@@ -92,8 +93,8 @@ def capture(
     if context is not None:  # Python >= 3.12 with a task: its structlog contextvars
         doc_extra["context"] = context
     if kind != "stall":  # a stall's loop is alive: nothing to classify
-        doc_extra.update(_safe(errors, "kernel", lambda: _kernel.observe(
-            info.thread_id, _kernel.native_id_of(info.thread_id), cpu0, loop_frames,
+        doc_extra.update(_safe(errors, "kernel", lambda: _cause.observe(
+            info.thread_id, _cpu.native_id_of(info.thread_id), cpu0, loop_frames,
             gil_held=bool(doc_extra.get("gil_held"))), {}))
     request = next((u for u in inflight if u.in_blocking_task), None)
     if request is not None:  # the outermost unit (request) the blocking task serves

@@ -6,32 +6,30 @@ watchdog only while no loop is blocked past its ``liveness_limit``.
 ``healthz`` runs on a metrics-server request thread; it only reads plain
 attributes of the handles (``blocked_for()``), so it answers while a loop is
 frozen and never waits for the watchdog thread.
+
+The handles are read through the few attributes named here (``name``,
+``loop``, ``closed``, ``config``, ``blocked_for()``), never imported: this
+module sits below them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import _state
-from ._events import FreezeEvent
-from ._sinks import metrics as _metrics
-from ._sinks.log import events
-
-if TYPE_CHECKING:
-    from ._loopwatch import LoopWatch
-
-sample_errors = 0
+from .. import _state
+from .._events import FreezeEvent
+from . import metrics as _metrics
+from .log import events
 
 
-def _frozen(w: LoopWatch) -> tuple[float, bool]:
-    blocked = w.blocked_for()
+def _frozen(w: Any) -> tuple[float, bool]:
+    blocked = float(w.blocked_for())
     return blocked, blocked > w.config.liveness_limit
 
 
-def after_round(watches: Sequence[LoopWatch], now: float) -> None:
+def after_round(watches: Sequence[Any], now: float) -> None:
     """Watchdog thread, once per round: sample gauges, feed systemd if healthy."""
-    global sample_errors
     notifier = _state.notifier
     healthy = True
     for w in watches:
@@ -40,8 +38,7 @@ def after_round(watches: Sequence[LoopWatch], now: float) -> None:
         try:
             _metrics.sample(w, now)
         except Exception as e:  # boundary: the metrics sink; liveness goes on
-            sample_errors += 1
-            if sample_errors == 1:
+            if _state.count_error("metrics") == 1:
                 events.emit(FreezeEvent("metrics_error", w.name, 0.0,
                                         reason=f"{type(e).__name__}: {e}"), (), "error")
     if notifier is not None:

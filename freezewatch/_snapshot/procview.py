@@ -1,4 +1,4 @@
-"""The kernel's view of the frozen loop thread, and the freeze's ``cause``.
+"""The kernel's view of a thread: /proc state, wchan, syscall, its descriptor and TCP peer.
 
 Read from the watchdog thread without ptrace: ``/proc/self/task/<tid>/stat``
 (state letter), ``wchan`` (kernel wait point) and ``syscall`` (number and
@@ -7,29 +7,21 @@ through ``/proc/self/fd`` and, for a TCP socket, its addresses from
 ``/proc/net/tcp*``. Reading another thread of our own process needs no
 ptrace permission (same thread group), so Yama and missing CAP_SYS_PTRACE do
 not matter. Every read is a few small files; nothing here raises: a part
-that fails becomes ``error`` and the classification uses what is left.
+that fails becomes ``error`` (the classification in ``cause`` uses what is left).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gc
 import ipaddress
 import os
 import platform
-import threading
-import time
 from typing import Any
 
-from .model import Frame
+from .cpu import CpuSample
 
 PROC = "/proc"
-CPU_WINDOW = 0.1
-"""Seconds between the two CPU samples when the capture itself took less."""
 MAX_POLL_FDS = 8
-
-CAUSES = ("blocked syscall", "CPU spin", "lock wait", "GIL held", "garbage collection",
-          "import in progress", "unknown")
 
 # Syscall numbers worth naming. ``fd`` marks those whose first argument is a
 # file descriptor. Unknown numbers are shown as "syscall N".
@@ -62,86 +54,6 @@ _POLLS = ("poll", "ppoll")
 _TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1",
                5: "FIN_WAIT2", 6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK",
                10: "LISTEN", 11: "CLOSING"}
-
-
-# -- garbage collection in progress (gc.callbacks) -----------------------------
-# (thread ident, monotonic start) of the collection running now, else None.
-# Written by the collecting thread (under the GIL, one store), read by the
-# watchdog: a single attribute store/load is atomic, no lock needed.
-_gc_running: tuple[int, float] | None = None
-# (thread ident, monotonic start, end, generation) of the last collection that
-# finished. A collection holds the GIL: the watchdog can only learn of it
-# afterwards, when it classifies a freeze it did not see live.
-_gc_last: tuple[int, float, float, int] | None = None
-
-
-def _gc_hook(phase: str, info: dict[str, Any]) -> None:
-    global _gc_running, _gc_last
-    if phase == "start":
-        _gc_running = (threading.get_ident(), time.monotonic())
-        return
-    run, _gc_running = _gc_running, None
-    if run is not None:
-        _gc_last = (run[0], run[1], time.monotonic(), int(info.get("generation", -1)))
-
-
-def gc_during(ident: int | None, seconds: float, until: float,
-              slack: float = 0.0) -> tuple[float, int] | None:
-    """(seconds, generation) of the last collection on thread ``ident`` if it lasted
-    at least half of a freeze of ``seconds`` that ended by ``until`` (monotonic;
-    ``slack``: how late the end may be known), else None."""
-    last = _gc_last
-    if last is None or ident is None or last[0] != ident:
-        return None
-    _, start, end, generation = last
-    took = end - start
-    if took < 0.5 * seconds or end < until - seconds - slack or start > until:
-        return None
-    return took, generation
-
-
-def watch_gc() -> None:
-    """Register the gc.callbacks hook (idempotent): a few stores per collection."""
-    if _gc_hook not in gc.callbacks:
-        gc.callbacks.append(_gc_hook)
-
-
-def unwatch_gc() -> None:
-    while _gc_hook in gc.callbacks:
-        gc.callbacks.remove(_gc_hook)
-
-
-def gc_running_on(ident: int | None) -> bool:
-    run = _gc_running
-    return run is not None and ident is not None and run[0] == ident
-
-
-# -- CPU clock of a thread ---------------------------------------------------------
-@dataclasses.dataclass(frozen=True, slots=True)
-class CpuSample:
-    at: float  # monotonic
-    cpu: float  # the thread's CPU seconds
-
-
-def cpu_sample(ident: int | None) -> CpuSample | None:
-    """The thread's CPU time now (None where pthread_getcpuclockid is missing)."""
-    if ident is None or not hasattr(time, "pthread_getcpuclockid"):
-        return None
-    try:
-        clock = time.pthread_getcpuclockid(ident)
-        return CpuSample(time.monotonic(), time.clock_gettime(clock))
-    except (OSError, OverflowError, ValueError):  # thread gone or not ours
-        return None
-
-
-def native_id_of(ident: int | None) -> int | None:
-    """The kernel thread id of a ``threading`` ident (None if not known)."""
-    if ident is None:
-        return None
-    for t in threading.enumerate():  # a copy made under threading's own lock
-        if t.ident == ident:
-            return t.native_id
-    return None
 
 
 # -- the view --------------------------------------------------------------------
@@ -308,115 +220,3 @@ def read_view(native_id: int | None, before: CpuSample | None, after: CpuSample 
             errors.append(f"fd {fd}: {getattr(e, 'strerror', None) or e}")
     return KernelView(True, state, wchan, name, nr, fd, target, tcp, cpu, delta, window,
                       error="; ".join(errors) or None)
-
-
-# -- classification ------------------------------------------------------------
-def _importing(frames: tuple[Frame, ...]) -> bool:
-    return any(f.file.startswith("<frozen importlib._bootstrap") for f in frames)
-
-
-def _python_lock_wait(frames: tuple[Frame, ...]) -> bool:
-    top = frames[-1] if frames else None
-    return top is not None and os.path.basename(top.file) == "threading.py" and (
-        top.function in ("wait", "acquire", "_wait_for_tstate_lock", "join"))
-
-
-def classify(view: KernelView | None, frames: tuple[Frame, ...], *, gil_held: bool = False,
-             in_gc: bool = False) -> str:
-    """One of CAUSES, the most specific first: what the thread was doing (GC,
-    an import), how the freeze was seen (GIL held), then the kernel's view."""
-    if in_gc:
-        return "garbage collection"
-    if _importing(frames):
-        return "import in progress"
-    if gil_held:
-        return "GIL held"
-    if view is None:
-        return "unknown"
-    if view.ok:
-        if view.state == "D":  # uninterruptible: disk or NFS I/O
-            return "blocked syscall"
-        if view.syscall == "futex":
-            # A Python thread waiting for the GIL also sits in futex: a pure-Python
-            # spin observed from another thread can look like this. CPU tells.
-            return "CPU spin" if view.cpu_growing else "lock wait"
-        if view.syscall_nr is not None and view.syscall_nr >= 0:
-            return "blocked syscall"
-        if view.syscall in ("running", "none") or view.state == "R" or view.cpu_growing:
-            return "CPU spin"
-        return "unknown"
-    # No /proc: the CPU clock and the Python stack are all there is.
-    if view.cpu_delta is None:
-        return "unknown"
-    if view.cpu_growing:
-        return "CPU spin"
-    return "lock wait" if _python_lock_wait(frames) else "blocked syscall"
-
-
-def summary(view: KernelView | None, cause: str) -> str:
-    """One line: ``blocked in recvfrom(fd 7) — TCP a:p → b:q, thread CPU 0.00 s over 0.1 s``."""
-    if view is None:
-        return cause
-    parts: list[str] = []
-    if view.ok:
-        if view.syscall == "futex":
-            head = "waiting in futex (a lock or condition held elsewhere)"
-        elif view.syscall in ("running", "none") or view.syscall is None:
-            head = f"running (state {view.state})"
-        else:
-            call = view.syscall + (f"(fd {view.fd})" if view.fd is not None else "()")
-            head = f"blocked in {call}"
-        if view.wchan and view.syscall_nr is None:  # not in a syscall: where, then
-            head += f" at {view.wchan}"
-        if view.tcp:
-            head += f" \u2014 TCP {view.tcp['local']} \u2192 {view.tcp['peer']}"
-            if view.tcp.get("state") not in (None, "ESTABLISHED"):
-                head += f" ({view.tcp['state']})"
-        elif view.fd_target:
-            head += f" \u2014 {view.fd_target}"
-        parts.append(head)
-    elif view.error:
-        parts.append(view.error)
-    if view.cpu_delta is not None and view.cpu_window is not None:
-        parts.append(f"thread CPU {view.cpu_delta:.2f} s over the last {view.cpu_window:.1f} s")
-    return ", ".join(parts) or cause
-
-
-def observe(ident: int | None, native_id: int | None, before: CpuSample | None,
-            frames: tuple[Frame, ...], *, gil_held: bool = False,
-            min_window: float = CPU_WINDOW) -> dict[str, Any]:
-    """``kernel``, ``cause`` and ``kernel_summary`` for a dump (never raises).
-
-    ``before`` is a CPU sample taken earlier (at the start of the capture);
-    the watchdog sleeps only what is missing of ``min_window`` for the second."""
-    try:
-        in_gc = gc_running_on(ident)
-        if before is not None:
-            wait = min_window - (time.monotonic() - before.at)
-            if wait > 0:
-                time.sleep(wait)  # the watchdog thread only; releases the GIL
-        view = read_view(native_id, before, cpu_sample(ident))
-        cause = classify(view, frames, gil_held=gil_held, in_gc=in_gc)
-        return {"kernel": view.to_json(), "cause": cause, "kernel_summary": summary(view, cause)}
-    except Exception as e:  # boundary: the kernel view must never break a capture
-        err = f"{type(e).__name__}: {e}"
-        cause = classify(None, frames, gil_held=gil_held)
-        return {"kernel": KernelView(False, error=err).to_json(), "cause": cause,
-                "kernel_summary": err}
-
-
-def held_gil(extra: dict[str, Any], frames: tuple[Frame, ...], ident: int | None = None,
-             seconds: float = 0.0, until: float = 0.0, slack: float = 0.0) -> None:
-    """Re-classify a dump re-pinned on a GIL-held capture: its kernel view was
-    read after the GIL came back, so the cause comes from how it was seen - or
-    from a garbage collection on the loop thread that took most of the freeze
-    (``seconds`` long, over by ``until``; see gc_during)."""
-    collected = gc_during(ident, seconds, until, slack)
-    extra["cause"] = classify(None, frames, gil_held=True, in_gc=collected is not None)
-    if isinstance(extra.get("kernel"), dict):
-        extra["kernel"]["note"] = "read after the GIL came back, not during the freeze"
-    if collected is not None:
-        extra["kernel_summary"] = (f"a generation-{collected[1]} garbage collection held "
-                                   f"the GIL for {collected[0]:.2f} s")
-    else:
-        extra["kernel_summary"] = "a C call held the GIL; no Python thread could run"

@@ -18,8 +18,8 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from . import _health
-from ._sinks import metrics as _metrics
+from . import health as _health
+from . import metrics as _metrics
 
 THREAD_NAME = "freezewatch-metrics"
 HEALTH_PATHS = ("/healthz", "/healthz/")

@@ -1,0 +1,517 @@
+"""The detector: what one watchdog round concludes about one loop. Pure.
+
+Timestamps in, decisions out. Nothing here reads a clock, takes a lock,
+touches a thread, a loop, a file or a sink: the watchdog observes
+(``Observation``), calls ``step``, and acts on what it returns. Every guard
+against a false alarm lives here, so each is tested with a table of
+timestamps (tests/test_detect.py), never with sleeps.
+
+``LoopState`` is the single owner of everything the watchdog knows about a
+loop between rounds. Only the watchdog thread reads or writes it (install
+creates it; ``blocked_for`` on other threads reads single attributes, which
+is safe under the GIL).
+
+Times are ``time.monotonic()`` seconds unless a name says otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+STALL_SCAN_EVERY = 0.5
+"""Seconds between scans of a loop's units of work for overdue ones."""
+
+
+# -- what the watchdog saw ------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GilSeen:
+    """A stack of the loop thread captured while no Python thread could run
+    (faulthandler, signalled by the sentinel), as read in this round."""
+
+    busy: bool
+    """The captured stack shows the loop running code, not waiting in its selector."""
+    silent: float
+    """Seconds the watchdog had been silent when it read the capture."""
+    read_at: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Observation:
+    """One round's view of one loop."""
+
+    now: float
+    answered_seq: int
+    """The last heartbeat sequence number the loop ran (written by the loop thread)."""
+    answered_at: float
+    running: bool = True
+    closed: bool = False
+    allow_depth: int = 0
+    """``allow_blocking()`` blocks open on the loop right now."""
+    allow_exit_at: float = 0.0
+    """When the last ``allow_blocking()`` block ended."""
+    watchdog_silent: float = 0.0
+    """Seconds the watchdog could not run before this round, unexplained by a
+    suspension or an overloaded machine (then 0)."""
+    gil: GilSeen | None = None
+    idle: bool = False
+    """The loop waits in its selector (its heartbeat may be skipped)."""
+    has_units: bool = False
+    """Units of work are in flight on the loop."""
+    # Details, observed only when ``needs_details`` says a decision may be due:
+    run_delay: float | None = None
+    """Cumulative seconds the loop thread waited for a CPU (None: unknown)."""
+    debugger: bool = False
+    """The loop thread is stopped in a debugger (pdb, pydevd)."""
+
+
+# -- what the watchdog knows between rounds --------------------------------------
+
+@dataclasses.dataclass(slots=True)
+class Freeze:
+    """A freeze declared live and not ended yet."""
+
+    id: int
+    start: float
+    """When the loop was last known to run: the unanswered beat's send, or the
+    end of an allow_blocking() block if that came later."""
+    next_update: float
+    updates: int = 0
+
+
+@dataclasses.dataclass(slots=True)
+class LoopState:
+    threshold: float
+    interval: float
+    idle_beat_every: float
+    update_after: tuple[float, ...]
+    sent_seq: int = 0
+    sent_at: float = 0.0
+    pending: bool = False
+    """A heartbeat is out and not seen answered yet."""
+    ignored_seq: int = -1
+    """A beat whose delay is explained (debugger, loop stopped): never a freeze."""
+    void_seq: int = -1
+    """A beat whose lag is void (the process was suspended meanwhile)."""
+    last_real_beat: float = 0.0
+    sent_run_delay: float | None = None
+    woke_at: float = -1e9
+    """When the watchdog last came back from a silence it could not explain."""
+    freeze: Freeze | None = None
+    freeze_ids: int = 0
+    last_stall_scan: float = 0.0
+    next_wait_sample: float = 0.0
+    # Counters (the handle shows them).
+    freezes: int = 0
+    late_freezes: int = 0
+    suspensions: int = 0
+    stalls: int = 0
+
+
+# -- what the watchdog should do -------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lag:
+    """A heartbeat answered: its lag is a sample (a freeze's full duration too)."""
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Declared:
+    """A freeze is declared live: capture now, while the loop is still frozen."""
+    freeze_id: int
+    start: float
+    age: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UpdateDue:
+    """A declared freeze goes on: a ``freeze-update`` dump is due."""
+    freeze_id: int
+    age: float
+    update: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ended:
+    """A declared freeze is over (the beat ran, or the loop stopped or closed)."""
+    freeze_id: int
+    duration: float
+    reason: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Late:
+    """A beat answered a threshold late, no freeze seen live: the watchdog could
+    not run (a C call held the GIL) or it ended between two checks. Pinned on a
+    stack captured during it if there is one (``gil``), else dumped as not seen."""
+    lag: float
+    since: float
+    gil: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SilentGil:
+    """faulthandler caught the loop busy while the watchdog was silent and no
+    beat was out: a GIL-held freeze as long as that silence."""
+    silent: float
+    since: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SilentSentinel:
+    """The watchdog was silent a threshold with no beat out: a GIL-held freeze
+    if the sentinel's py-spy saw the loop thread own the GIL in a C call."""
+    silent: float
+    since: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Suspended:
+    """The loop's beat is late because its thread waited for a CPU: not a freeze."""
+    seconds: float
+    waited: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ignored:
+    """The beat is late because the loop thread sits in a debugger: not a freeze."""
+    age: float
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Gone:
+    """The loop closed: stop watching it."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScanStalls:
+    """Time to look for overdue units of work."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SampleWaits:
+    """Time to sample how long each task has waited."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Send:
+    """Send a heartbeat now (then call ``sent``)."""
+
+
+Decision = (Lag | Declared | UpdateDue | Ended | Late | SilentGil | SilentSentinel
+            | Suspended | Ignored | Gone | ScanStalls | SampleWaits | Send)
+
+
+# -- the step ------------------------------------------------------------------------
+
+def needs_details(st: LoopState, obs: Observation) -> bool:
+    """Might ``step`` decide on a late beat this round? Then the watchdog also
+    observes the loop thread's run delay and debugger state (a syscall, a
+    walk of its frames), which it skips in every other round."""
+    if not st.pending:
+        return False
+    if obs.answered_seq == st.sent_seq:
+        return True
+    return st.freeze is None and obs.now - max(st.sent_at, obs.allow_exit_at) >= st.threshold
+
+
+def step(st: LoopState, obs: Observation) -> list[Decision]:
+    """One round for one loop: update ``st`` and say what to do, in order."""
+    out: list[Decision] = []
+    if obs.closed:
+        fr = st.freeze
+        st.freeze = None
+        if fr is not None:
+            out.append(Ended(fr.id, obs.now - fr.start, "loop closed"))
+        out.append(Gone())
+        return out
+    late = False  # a late beat was reported: this round's silence is that freeze
+    if st.pending and obs.answered_seq == st.sent_seq:
+        st.pending = False
+        if st.sent_seq not in (st.ignored_seq, st.void_seq):
+            lag = max(0.0, obs.answered_at - max(st.sent_at, obs.allow_exit_at))
+            out.append(Lag(lag))
+            if st.freeze is not None:
+                out.append(_end(st, lag))
+            elif lag >= st.threshold and obs.allow_depth == 0:
+                starved = _starved(st, obs, lag)
+                if starved is not None:
+                    out.append(starved)
+                else:
+                    late = True
+                    out.append(Late(lag, obs.answered_at - lag, obs.gil is not None))
+    if st.freeze is None and not st.pending and not late:
+        if obs.gil is not None:
+            silent = _silent_gil(st, obs)
+            if silent is not None:
+                out.append(silent)
+        elif obs.gil is None and obs.watchdog_silent >= st.threshold:
+            quiet = _silent_sentinel(st, obs)
+            if quiet is not None:
+                out.append(quiet)
+    if st.pending:
+        out.extend(_pending(st, obs))
+        return out
+    if obs.has_units and obs.now - st.last_stall_scan >= STALL_SCAN_EVERY:
+        st.last_stall_scan = obs.now
+        out.append(ScanStalls())
+    if obs.now >= st.next_wait_sample and obs.running:
+        out.append(SampleWaits())
+    if not obs.running or obs.now - st.sent_at < st.interval:
+        return out
+    if obs.idle and obs.now - st.last_real_beat < st.idle_beat_every:
+        return out  # an idle loop cannot be frozen: a real beat every idle_beat_every
+    out.append(Send())
+    return out
+
+
+def _pending(st: LoopState, obs: Observation) -> list[Decision]:
+    now = obs.now
+    if not obs.running:
+        # Stopped with our beat queued: not a freeze. Forget that beat.
+        st.pending = False
+        st.ignored_seq = st.sent_seq
+        fr = st.freeze
+        if fr is not None:
+            return [_end(st, now - fr.start, "loop stopped")]
+        return []
+    age = now - max(st.sent_at, obs.allow_exit_at)
+    fr = st.freeze
+    if fr is not None:
+        if now < fr.next_update:
+            return []
+        fr.updates += 1
+        fr.next_update = next_update(st.update_after, fr.start, fr.updates)
+        return [UpdateDue(fr.id, age, fr.updates)]
+    if (age < st.threshold or obs.allow_depth or st.sent_seq == st.ignored_seq
+            or _just_woke(st, obs)):
+        return []
+    starved = _starved(st, obs, age)
+    if starved is not None:
+        return [starved]
+    if obs.gil is None and obs.debugger:
+        st.ignored_seq = st.sent_seq
+        return [Ignored(age, "loop thread stopped in a debugger")]
+    st.freeze_ids += 1
+    start = max(st.sent_at, obs.allow_exit_at)
+    st.freeze = Freeze(st.freeze_ids, start, next_update(st.update_after, start, 0))
+    st.freezes += 1
+    return [Declared(st.freeze_ids, start, age)]
+
+
+def _end(st: LoopState, duration: float, reason: str | None = None) -> Ended:
+    fr = st.freeze
+    assert fr is not None
+    st.freeze = None
+    return Ended(fr.id, duration, reason)
+
+
+def _starved(st: LoopState, obs: Observation, age: float) -> Suspended | None:
+    """The loop thread spent half the beat's age waiting for a CPU: an
+    overloaded machine or a throttled container, not a frozen loop. The beat
+    is measured afresh, so a loop that is also frozen is still caught."""
+    rd, before = obs.run_delay, st.sent_run_delay
+    if rd is None or before is None or rd - before < 0.5 * age:
+        return None
+    void_pending(st, obs.now)
+    st.sent_run_delay = rd
+    return Suspended(age, rd - before)
+
+
+def _just_woke(st: LoopState, obs: Observation) -> bool:
+    """The watchdog itself could not run for a while (GIL held) and faulthandler
+    saw nothing of this loop: a live stack now shows the loop after the freeze,
+    not in it. Watch afresh for a full threshold before declaring a live freeze
+    (the heartbeat usually comes back first: then it is a late freeze)."""
+    if obs.gil is None and obs.watchdog_silent >= st.threshold / 2:
+        st.woke_at = obs.now
+    return obs.now - st.woke_at < st.threshold
+
+
+def _ran_inside(start: float, end: float, answered: float, threshold: float) -> bool:
+    """The loop answered a beat inside the silence [start, end] and so cannot have
+    been frozen for a threshold on either side of that answer."""
+    return start < answered <= end and max(answered - start, end - answered) < threshold
+
+
+def _silent_gil(st: LoopState, obs: Observation) -> SilentGil | None:
+    """faulthandler fired with this loop busy while no heartbeat was out (the
+    loop was idle when the C call began): frozen for as long as the watchdog
+    could not run, its silent stretch, within one interval."""
+    cap = obs.gil
+    if cap is None or cap.silent < st.threshold or obs.allow_depth or not cap.busy:
+        return None
+    # The watchdog can be silent because the machine is loaded, not because
+    # the GIL was held. If the loop ran Python (answered a heartbeat) inside
+    # the silent stretch, it was not frozen for the threshold.
+    start = cap.read_at - cap.silent
+    if _ran_inside(start, cap.read_at, obs.answered_at, st.threshold):
+        return None
+    return SilentGil(cap.silent, start)
+
+
+def _silent_sentinel(st: LoopState, obs: Observation) -> SilentSentinel | None:
+    """The watchdog could not run for a threshold (not because the machine was
+    loaded) while no beat was out. Nothing proves the loop stopped answering
+    yet: a busy loop can starve the watchdog of the GIL too, so only py-spy's
+    view of the loop thread owning the GIL in a C function makes it a freeze
+    (the watchdog checks that when acting on this)."""
+    silent = obs.watchdog_silent
+    start = obs.now - silent
+    if obs.allow_depth or (start < obs.answered_at and max(
+            obs.answered_at - start, obs.now - obs.answered_at) < st.threshold):
+        return None
+    return SilentSentinel(silent, start)
+
+
+# -- transitions the watchdog reports back ---------------------------------------------
+
+def sent(st: LoopState, at: float, run_delay: float | None) -> int:
+    """A beat is about to be sent at ``at``; returns its sequence number."""
+    st.sent_seq += 1
+    st.sent_run_delay = run_delay
+    st.sent_at = st.last_real_beat = at
+    st.pending = True
+    return st.sent_seq
+
+
+def send_failed(st: LoopState) -> None:
+    """call_soon_threadsafe refused: the loop closed meanwhile."""
+    st.pending = False
+
+
+def void_pending(st: LoopState, now: float, answered_seq: int | None = None) -> bool:
+    """The process was suspended as a whole: the pending beat proves nothing.
+
+    A freeze already declared live stays declared: a suspension during it
+    only lengthens it, and ending it here would record the next quick
+    heartbeat's lag as its duration. Returns True if the state changed."""
+    if st.freeze is not None:
+        return False
+    if st.pending or (answered_seq is not None and answered_seq != st.sent_seq):
+        # Measure the beat afresh from now rather than send a second one
+        # while it is still queued; its lag is void either way.
+        st.sent_at = now
+        st.void_seq = st.sent_seq
+    st.suspensions += 1
+    return True
+
+
+# -- schedules, limits and the watchdog's own silences ---------------------------------
+
+def next_update(offsets: Sequence[float], start: float, updates: int) -> float:
+    """When the next ``freeze-update`` dump of a freeze is due, after ``updates``
+    of them: at ``start`` + each offset (10, 60, 600 s), then every last step."""
+    if not offsets:
+        return math.inf
+    n = len(offsets)
+    if updates < n:
+        return start + offsets[updates]
+    step_ = offsets[-1] - (offsets[-2] if n > 1 else 0.0)
+    return start + offsets[-1] + step_ * (updates - n + 1)
+
+
+def next_wake(st: LoopState, now: float, allow_depth: int, allow_exit_at: float) -> float:
+    """Seconds until this loop next needs the watchdog."""
+    fr = st.freeze
+    if fr is not None:
+        return min(st.interval, max(0.0, fr.next_update - now))
+    if st.pending:
+        if allow_depth or st.sent_seq == st.ignored_seq:
+            # Nothing can be declared until the allowed block ends or the
+            # ignored beat is answered: check at the interval.
+            return st.interval
+        deadline = max(st.sent_at, allow_exit_at) + st.threshold
+        return min(st.interval, max(0.001, deadline - now))
+    return st.interval
+
+
+def blocked_for(st: LoopState, now: float, allow_exit_at: float) -> float:
+    """Seconds the loop has been unresponsive at ``now`` (0.0 when healthy)."""
+    fr = st.freeze
+    if fr is None and not st.pending:
+        return 0.0
+    start = max(fr.start if fr else st.sent_at, allow_exit_at)
+    age = now - start
+    return age if (fr is not None or age >= st.threshold) else 0.0
+
+
+def rate_limited(last_written: float | None, now: float, window: float) -> bool:
+    """A dump with the same signature was written less than ``window`` s ago."""
+    return last_written is not None and now - last_written < window
+
+
+def overdue(started: float, limit: float, stalled_at: float | None, now: float) -> bool:
+    """A unit of work open for ``limit`` s or more, not reported yet: a stall."""
+    return stalled_at is None and now - started >= limit
+
+
+def park_for(st: LoopState, now: float, *, in_select: bool, moved: bool,
+             has_units: bool, allow_depth: int) -> float | None:
+    """Seconds the watchdog may sleep on this loop's behalf, trusting its
+    selector wrapper to wake it when it leaves ``select()`` (None: keep
+    polling). ``moved``: the selector returned since the previous round."""
+    if (st.pending or st.freeze is not None or has_units or allow_depth
+            or not in_select or moved):
+        return None
+    return max(0.0, st.last_real_beat + st.idle_beat_every - now)
+
+
+PARK_MAX_EXITS = 4
+"""A loop whose selector returned more often than this since the previous
+round is busy: do not park on it (it would wake the watchdog a millisecond
+later; see the watchdog)."""
+
+
+def busy_selector(exits_now: int, exits_before: int | None) -> bool:
+    return exits_before is not None and exits_now - exits_before > PARK_MAX_EXITS
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Silence:
+    """Why the watchdog could not run for a while, if it was not a held GIL."""
+
+    kind: str
+    """``starved`` (the machine was overloaded) or ``suspended`` (the process was stopped)."""
+    seconds: float
+    reason: str
+
+
+def explain_silence(*, silent: float, late: float, min_threshold: float,
+                    own_waited: float | None, loops_waited: Sequence[float],
+                    cpu_used: float, wall: float) -> Silence | None:
+    """The watchdog woke ``late`` s after it asked to and could not run for
+    ``silent`` s. A held GIL stops it too, and is a freeze; these are not:
+
+    - ``starved``: it (or a loop thread, which may have held the GIL) sat on a
+      run queue for half the silence (``own_waited``, ``loops_waited``: run
+      delay grown since the previous baseline);
+    - ``suspended``: it woke late while the process used little CPU
+      (SIGSTOP, a suspended VM, a throttled container); a GIL-holding C call
+      also delays it, but burns CPU while it does.
+    """
+    if silent > 0.5 * min_threshold and own_waited is not None:
+        waited = max([own_waited, *(own_waited + x for x in loops_waited)])
+        if waited >= 0.5 * silent:
+            return Silence("starved", silent, "the machine was overloaded: the watchdog or "
+                           "the loop thread waited for a CPU")
+    if late > 0.5 * min_threshold and cpu_used < 0.5 * wall:
+        return Silence("suspended", late, "the whole process was not running")
+    return None
+
+
+def round_stalled(spent: float, cpu: float, min_threshold: float) -> bool:
+    """A round that took half a threshold on little CPU was stopped or waited
+    on py-spy (which pauses us too): beats sent before it prove nothing."""
+    return spent > 0.5 * min_threshold and cpu < 0.5 * spent
+
+
+def pin_ok(idle: bool, owns_gil_in_c: bool, need_held_gil: bool) -> bool:
+    """Can a GIL-held freeze be pinned on the sentinel's py-spy stack of the
+    loop thread? Not if it shows the loop idle; for a silence with no beat
+    out, only if the thread owned the GIL inside a C function."""
+    return not idle and (owns_gil_in_c or not need_held_gil)

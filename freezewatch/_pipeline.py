@@ -1,0 +1,355 @@
+"""From a decision to the sinks: capture, rate limit, dump files, metrics, events.
+
+The one place a detector decision becomes evidence. For each freeze or
+stall: ``capture()`` once (plain data, never mutated afterwards), the rate
+limit by signature, the dump pair, the metrics, and one ``Report`` to the
+log, the hooks and the optional sinks. What is learned later about a freeze
+(py-spy's native trace, its duration, why it ended) is kept beside the
+snapshot as typed facts (``Record``) and the dump is rewritten from the two;
+the JSON document of the snapshot is built once per dump.
+
+Watchdog thread only, except ``LoopWatch.stall_ended`` (loop thread), which
+emits through the log sink directly. Sinks are isolated: a dump that cannot
+be written is counted and reported as ``dump_failed``, the event still goes
+out; the log and optional sinks run on their own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import os
+import time
+from typing import Any
+
+from . import _detect, _gil, _state
+from ._events import FreezeEvent
+from ._faulthandler import Capture
+from ._handle import LoopWatch
+from ._inflight import records as inflight_records
+from ._inflight import snapshot as inflight_snapshot
+from ._observe import idle_at
+from ._sinks import metrics as _metrics
+from ._sinks.dumpfile import dump_name, rewrite_dump, write_dump
+from ._sinks.log import events
+from ._sinks.report import Report
+from ._snapshot.capture import capture
+from ._snapshot.cause import held_gil
+from ._snapshot.model import NATIVE_OFF, NATIVE_PENDING, Frame, Native, Snapshot
+
+NOT_SEEN = Frame("<not captured>", 0, "<freeze not seen live>", None)
+_report_ids = itertools.count(1)
+
+
+@dataclasses.dataclass
+class Record:
+    """One dump and the facts learned after its capture."""
+
+    snap: Snapshot
+    base: dict[str, Any]
+    """``snap.to_json()``, built once."""
+    path: str | None
+    report_id: int
+    signature: str
+    native: Native | None = None
+    duration: float | None = None
+    ended_because: str | None = None
+    measured_by: str | None = None
+
+    def doc(self) -> dict[str, Any]:
+        """The dump's JSON: the snapshot's document with the later facts on top."""
+        doc = dict(self.base)
+        if self.native is not None:
+            doc["native"] = self.native.to_json()
+        if self.measured_by is not None:
+            doc["duration_measured_by"] = self.measured_by
+        if self.duration is not None:
+            doc["duration"] = round(self.duration, 6)
+        if self.ended_because:
+            doc["ended_because"] = self.ended_because
+        return doc
+
+
+# -- the sinks ------------------------------------------------------------------------
+
+def emit(w: LoopWatch | None, event: FreezeEvent, level: str = "warning",
+         snap: Snapshot | None = None, report_id: int | None = None) -> None:
+    """One report to the log, the handle's hooks and the optional sinks."""
+    events.emit(event, w.hooks if w is not None else (), level,
+                Report(event, snap, report_id, level))
+
+
+def _write(w: LoopWatch, doc: dict[str, Any], signature: str | None) -> str | None:
+    """A new dump pair; its .json path, None on failure. A written dump starts the
+    rate-limit window of ``signature``; a failed one does not, so the next freeze
+    at that frame is dumped once the directory is writable again."""
+    cfg = w.config
+    try:
+        name = dump_name(doc["kind"], doc["detected_at"], next(_state.dump_seq))
+        path = write_dump(cfg.dump_dir, name, doc, cfg.max_dumps, cfg.max_dump_bytes)
+    except Exception as e:  # boundary: the dump-file sink (full disk, directory gone, ...)
+        _failed(w, doc, e)
+        return None
+    if signature is not None:
+        _state.last_dump_by_signature[signature] = time.monotonic()
+    w.dumps.append(path)
+    _metrics.dump_written(w)
+    return path
+
+
+def _rewrite(w: LoopWatch, rec: Record) -> None:
+    if rec.path is None:
+        return
+    doc = rec.doc()
+    try:
+        if not rewrite_dump(rec.path, doc):
+            rec.path = None  # retention removed it meanwhile: it stays removed
+    except Exception as e:  # boundary: the dump-file sink
+        _failed(w, doc, e)
+
+
+def _failed(w: LoopWatch, doc: dict[str, Any], e: Exception) -> None:
+    w.dump_failures += 1
+    _metrics.dump_failed(w)
+    emit(w, FreezeEvent("dump_failed", w.name, doc.get("blocked_for", 0.0),
+                        reason=f"{type(e).__name__}: {e}"), "error")
+
+
+def _limited(signature: str, window: float) -> bool:
+    return _detect.rate_limited(_state.last_dump_by_signature.get(signature),
+                                time.monotonic(), window)
+
+
+def _event(name: str, w: LoopWatch, snap: Snapshot, seconds: float, path: str | None,
+           reason: str | None) -> FreezeEvent:
+    return FreezeEvent(name, w.name, round(seconds, 3), blocked_at=snap.blocking_frame.where,
+                       app_line=snap.app_frame.where if snap.app_frame else None,
+                       dump_path=path, reason=reason)
+
+
+def _capture(w: LoopWatch, kind: str, blocked_for: float, **more: Any) -> Snapshot:
+    assert w.loop is not None
+    cfg = w.config
+    now = time.monotonic()
+    subject = more.pop("subject", None)
+    more.setdefault("native", NATIVE_PENDING if cfg.native else NATIVE_OFF)
+    return capture(kind=kind, loop=w.loop, info=w.info(), detected_at=time.time(),
+                   blocked_for=blocked_for, threshold=more.pop("threshold", cfg.threshold),
+                   inflight=_inflight(w, now, subject), waits=w.waits, **more)
+
+
+def _inflight(w: LoopWatch, now: float, subject: Any = None) -> Any:
+    """Units in flight; those of ``subject`` (default: the running task) are marked."""
+    if subject is None and w.loop is not None:
+        try:
+            subject = asyncio.current_task(w.loop)
+        except Exception:  # a foreign loop type: no task to mark
+            subject = None
+    return inflight_records(w.inflight, now, subject)
+
+
+# -- freezes ----------------------------------------------------------------------------
+
+class Pipeline:
+    """Open freezes' records, by (handle, freeze id). One per watchdog."""
+
+    def __init__(self) -> None:
+        self.open: dict[tuple[int, int], Record] = {}
+
+    def freeze(self, w: LoopWatch, *, start: float, age: float, late: bool,
+               since: float | None = None, cap: Capture | None = None,
+               pin: tuple[tuple[Frame, ...], Native] | None = None) -> Record:
+        """Capture and report a freeze: live (``late`` False, the loop still
+        frozen), or one seen only afterwards, pinned on a stack captured
+        during it (faulthandler's ``cap``, or the sentinel's py-spy ``pin``)."""
+        cfg = w.config
+        tid = w.thread_ident
+        frames = pin[0] if pin is not None else (cap.frames_of(tid) if cap else None)
+        snap = _capture(w, "freeze", time.monotonic() - start, cpu_before=w.sent_cpu)
+        by = "py-spy (sentinel)" if pin is not None else "faulthandler"
+        if frames is not None:
+            # The live stack is from after the GIL came back: pin on the one
+            # captured during the freeze; the cause is how it was seen.
+            snap = _gil.pin(snap, frames, age if late else snap.blocked_for, cap,
+                            captured_by=by)
+            snap = dataclasses.replace(snap, extra=held_gil(
+                snap.extra, snap.loop_frames, tid, snap.blocked_for, time.monotonic(),
+                slack=2 * cfg.interval + 0.1))
+        _metrics.freeze_detected(w)
+        sig = snap.blocking_frame.where
+        path = reason = None
+        doc = snap.to_json()
+        if _limited(sig, cfg.dump_rate_window):
+            reason = (f"rate limited: a dump for this frame was written in the last "
+                      f"{cfg.dump_rate_window:g} s")
+        else:
+            path = _write(w, doc, sig)
+            if frames is not None:
+                reason = f"GIL held: stacks captured by {by} during the freeze"
+        rec = Record(snap, doc, path, next(_report_ids), sig)
+        emit(w, _event("freeze_detected", w, snap, snap.blocked_for, path, reason),
+             snap=snap, report_id=rec.report_id)
+        if path is None:
+            return rec
+        if pin is not None:
+            rec.native = pin[1]
+        elif cfg.native and frames is not None:
+            gl = _gil.layers()
+            if gl is not None:
+                rec.native = gl.sentinel_native(w.state.sent_at if since is None else since,
+                                                cfg.sentinel, cfg.threshold)
+        elif cfg.native:
+            rec.native = _gil.live_native(w.pyspy, cfg.native_timeout)
+        if rec.native is not None:
+            _rewrite(w, rec)
+        return rec
+
+    def declared(self, w: LoopWatch, d: _detect.Declared, cap: Capture | None) -> None:
+        self.open[(id(w), d.freeze_id)] = self.freeze(w, start=d.start, age=d.age,
+                                                      late=False, cap=cap)
+
+    def update(self, w: LoopWatch, d: _detect.UpdateDue) -> None:
+        rec = self.open.get((id(w), d.freeze_id))
+        snap = _capture(w, "freeze-update", d.age, cpu_before=w.sent_cpu)
+        bf = snap.blocking_frame
+        moved = rec is not None and bf.where != rec.signature
+        snap = dataclasses.replace(snap, extra={
+            **snap.extra, "frame_moved": moved, "update": d.update,
+            "first_dump": os.path.basename(rec.path) if rec and rec.path else None})
+        doc = snap.to_json()
+        path = _write(w, doc, None)
+        upd = Record(snap, doc, path, rec.report_id if rec else 0, bf.where)
+        if rec is not None:
+            rec.signature = bf.where  # "moved" compares with the latest dump
+        emit(w, _event("freeze_updated", w, snap, d.age, path,
+                       "blocking frame moved" if moved else "blocking frame unchanged"),
+             snap=snap, report_id=upd.report_id)
+        if path and w.config.native:
+            upd.native = _gil.live_native(w.pyspy, w.config.native_timeout)
+            _rewrite(w, upd)
+
+    def ended(self, w: LoopWatch, d: _detect.Ended) -> None:
+        rec = self.open.pop((id(w), d.freeze_id), None)
+        self._end(w, rec, d.duration, d.reason)
+
+    def _end(self, w: LoopWatch, rec: Record | None, duration: float,
+             reason: str | None = None) -> None:
+        _metrics.freeze_ended(w, duration)
+        if rec is not None and rec.path is not None:
+            rec.duration, rec.ended_because = duration, reason
+            _rewrite(w, rec)
+        emit(w, FreezeEvent("freeze_ended", w.name, round(duration, 3),
+                            blocked_at=rec.signature if rec else None,
+                            dump_path=rec.path if rec else None, reason=reason),
+             report_id=rec.report_id if rec else None)
+
+    def late(self, w: LoopWatch, d: _detect.Late, cap: Capture | None) -> None:
+        """A beat a threshold late that nobody saw live: pinned on faulthandler's
+        capture, else on the sentinel's py-spy stack, else dumped as not seen."""
+        st = w.state
+        start = max(st.sent_at, w.allow_exit_at)
+        pin = None if d.gil else sentinel_pin(w, d.since)
+        if d.gil or pin is not None:
+            st.freezes += 1
+            st.late_freezes += 1
+            rec = self.freeze(w, start=start, age=d.lag, late=True, cap=cap, pin=pin)
+            self._end(w, rec, d.lag)
+            return
+        st.freezes += 1
+        st.late_freezes += 1
+        _metrics.freeze_detected(w)
+        _metrics.freeze_ended(w, d.lag)
+        reason = _unseen_reason(w)
+        path = self._unseen_dump(w, d.lag, reason)
+        emit(w, FreezeEvent("freeze_ended", w.name, round(d.lag, 3), dump_path=path,
+                            reason=reason))
+
+    def silent(self, w: LoopWatch, d: _detect.SilentGil | _detect.SilentSentinel,
+               cap: Capture | None) -> None:
+        """The watchdog could not run for a threshold while no beat was out, and a
+        stack captured meanwhile shows the loop busy: a GIL-held freeze as long as
+        the silence."""
+        pin = None
+        if isinstance(d, _detect.SilentSentinel):
+            pin = sentinel_pin(w, d.since, need_held_gil=True)
+            if pin is None:
+                return
+            cap = None
+        w.state.freezes += 1
+        w.state.late_freezes += 1
+        rec = self.freeze(w, start=w.state.sent_at, age=d.silent, late=True,
+                          since=d.since, cap=cap, pin=pin)
+        rec.measured_by = "watchdog silence"
+        self._end(w, rec, d.silent)
+
+    def _unseen_dump(self, w: LoopWatch, lag: float, reason: str) -> str | None:
+        """A dump for a freeze nobody saw: when, how long, why no stack, and the
+        tasks and threads as they are now (after it). Never a guessed line."""
+        if w.loop is None or _limited(NOT_SEEN.where, w.config.dump_rate_window):
+            return None
+        snap = _capture(w, "freeze", lag, native=Native(False, error=reason))
+        extra = {**snap.extra, "seen_live": False, "duration": round(lag, 6),
+                 "cause": "unknown", "kernel_summary": reason}
+        snap = dataclasses.replace(snap, loop_frames=(), blocking_frame=NOT_SEEN,
+                                   app_frame=None, extra=extra)
+        return _write(w, snap.to_json(), NOT_SEEN.where)
+
+    # -- stalls ----------------------------------------------------------------------
+    def scan_stalls(self, w: LoopWatch, now: float) -> None:
+        for unit in inflight_snapshot(w.inflight):
+            limit = unit.stall_after if unit.stall_after is not None else w.config.stall_after
+            if _detect.overdue(unit.started, limit, unit.stalled_at, now):
+                unit.stalled_at = now
+                self._stall(w, unit, now, limit)
+
+    def _stall(self, w: LoopWatch, unit: Any, now: float, limit: float) -> None:
+        age = now - unit.started
+        snap = _capture(w, "stall", age, threshold=limit, native=NATIVE_OFF,
+                        subject=unit.task, stalled_task=unit.task,
+                        extra={"stalled": unit.record(now).to_json()})
+        w.state.stalls += 1
+        _metrics.stall_detected(w)
+        # The application's line is part of a stall's signature: stalls of
+        # different requests often share the library frame they wait in.
+        af = snap.app_frame
+        sig = "stall " + snap.blocking_frame.where + (" / " + af.where if af else "")
+        path, reason = None, None
+        if _limited(sig, w.config.dump_rate_window):
+            reason = "rate limited"
+        else:
+            path = _write(w, snap.to_json(), sig)
+        emit(w, _event("stall_detected", w, snap, age, path,
+                       reason or f"{unit.kind} {unit.name!r}"),
+             snap=snap, report_id=next(_report_ids))
+
+    def forget(self, w: LoopWatch) -> None:
+        for key in [k for k in self.open if k[0] == id(w)]:
+            del self.open[key]
+
+
+def sentinel_pin(w: LoopWatch, since: float,
+                 need_held_gil: bool = False) -> tuple[tuple[Frame, ...], Native] | None:
+    """The loop thread's Python stack from the sentinel's py-spy capture taken
+    during a GIL-held freeze (where faulthandler's signal is off or missed)."""
+    gl = _gil.layers()
+    cfg = w.config
+    if gl is None or not (cfg.sentinel and cfg.native) or gl.sentinel.proc is None:
+        return None
+    native = gl.sentinel_native(since, cfg.sentinel, cfg.threshold)
+    frames = _gil.python_frames(native, w.thread_ident)
+    if frames is None or not _detect.pin_ok(_gil.idle(frames, idle_at(w)),
+                                            _gil.holds_gil_in_c(native, w.thread_ident),
+                                            need_held_gil):
+        return None
+    return frames, native
+
+
+def _unseen_reason(w: LoopWatch) -> str:
+    cfg = w.config
+    if not cfg.sentinel or not ((cfg.native and w.pyspy) or cfg.faulthandler):
+        return ("not seen live: the watchdog could not run during it (a C call holding "
+                "the GIL?) and nothing else could look: install py-spy, and keep "
+                "sentinel and faulthandler on (docs/native.md)")
+    return ("not seen live: it ended before the watchdog could look, or a C call held "
+            "the GIL and py-spy could not take the loop thread's stack (see native.md)")

@@ -1,0 +1,287 @@
+"""The sentinel process itself: run as ``python -I -S _sentinel_main.py ...``.
+
+Standard library only, no site, no freezewatch import: it must start fast
+and must not depend on anything the application's environment may break.
+The parent side (start, heartbeat, results) is ``_sentinel``; the layout of
+the page of shared memory between the two is defined here, once, and the
+parent imports it. See ``_sentinel`` for what the sentinel does and why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import mmap
+import os
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+_LAYOUT = struct.Struct("<QddQQQQQQ")
+_PAIR = struct.Struct("<QQ")
+MAX_LOOPS = 8
+_LOOPS_AT = 72
+MIN_SILENCE = 1.0
+"""Seconds of watchdog silence before the sentinel pauses the process with py-spy."""
+_SIZE = 256
+RESULT = "native.json"
+STEADY_WINDOW = 0.03
+"""A loop thread must not have slept (switched) for this long before it is signalled."""
+_SETTLE = 0.005
+"""A signalled thread's stack is complete once the file stopped growing this long."""
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
+    except (OSError, IndexError):
+        return False
+
+
+def _run_pyspy(argv: list[str], limit: float, parent: int) -> tuple[int, str, str]:
+    stopped_before = _stopped(parent)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+        try:
+            code = p.wait(limit)
+        except subprocess.TimeoutExpired:
+            code = 124
+            for sig, grace in ((signal.SIGINT, 1.0), (signal.SIGKILL, 5.0)):
+                with contextlib.suppress(OSError):
+                    os.killpg(p.pid, sig)
+                try:
+                    p.wait(grace)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+        # Continue only a stop py-spy itself left behind (it was killed while
+        # the parent was ptrace-stopped): never one somebody else made.
+        if not stopped_before and _stopped(parent):
+            os.kill(parent, signal.SIGCONT)
+        out.seek(0)
+        err.seek(0)
+        return code, out.read().decode(errors="replace"), err.read().decode(errors="replace")
+
+
+def _write_result(directory: str, doc: dict[str, object]) -> None:
+    tmp = os.path.join(directory, RESULT + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(doc, f)
+    os.replace(tmp, os.path.join(directory, RESULT))
+
+
+# futex(2) by machine: a thread blocked in it waits for the GIL (or a lock).
+_FUTEX = {"x86_64": 202, "aarch64": 98, "i686": 240, "armv7l": 240, "ppc64le": 221,
+          "s390x": 238, "riscv64": 98}
+_TGKILL = {"x86_64": 234, "aarch64": 131, "i686": 270, "armv7l": 268, "ppc64le": 250,
+           "s390x": 241, "riscv64": 131}
+
+
+def _schedstat(parent: int, tid: int) -> tuple[float, float] | None:
+    """(seconds on a CPU, seconds waiting for one) of a thread of ``parent``."""
+    try:
+        with open(f"/proc/{parent}/task/{tid}/schedstat", "rb") as f:
+            ran, waited = f.read().split()[:2]
+        return int(ran) / 1e9, int(waited) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
+def _in_futex(parent: int, tid: int) -> bool | None:
+    """True/False if /proc says whether the thread sits in futex(2); None if unknown."""
+    nr = _FUTEX.get(os.uname().machine)
+    try:
+        with open(f"/proc/{parent}/task/{tid}/syscall", "rb") as f:
+            first = f.read().split()[0]
+    except (OSError, IndexError):
+        return None
+    if nr is None:
+        return None
+    return first.isdigit() and int(first) == nr
+
+
+def _watchdog_blocked(parent: int, tid: int, base: tuple[float, float] | None,
+                      silence: float) -> bool:
+    """The watchdog thread neither ran nor queued for a CPU through most of its
+    silence, and sits in futex(2): it waits for the GIL, which no thread
+    running bytecode keeps for long (it hands it over within the switch
+    interval). Only then is it safe to interrupt a loop thread."""
+    now = _schedstat(parent, tid) if tid else None
+    if now is None or base is None:
+        return False
+    ran, waited = now[0] - base[0], now[1] - base[1]
+    if ran + waited > 0.25 * silence:
+        return False  # it ran (long Python work) or was starved of a CPU
+    return _in_futex(parent, tid) is not False
+
+
+class _Signaller:
+    """Sends the faulthandler signal to one thread of the parent (``tgkill``)."""
+
+    def __init__(self, parent: int, signum: int) -> None:
+        self.parent, self.signum = parent, signum
+        self._fn: object = None
+
+    def _tgkill(self, tid: int) -> bool:
+        import ctypes  # only when needed: most sentinels never signal
+
+        if self._fn is None:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = getattr(libc, "tgkill", None)  # glibc >= 2.30
+            nr = _TGKILL.get(os.uname().machine)
+            if fn is None and nr is not None:
+                def fn(pid: int, t: int, sig: int, _sc: object = libc.syscall) -> int:
+                    return int(_sc(nr, pid, t, sig))  # type: ignore[operator]
+            self._fn = fn or False
+        if not self._fn:
+            return False
+        return int(self._fn(self.parent, tid, self.signum)) == 0  # type: ignore[operator]
+
+    def dump(self, fd: int, loops: list[tuple[int, int]]) -> None:
+        """Each loop thread writes its stack under a header naming it, one at a time.
+
+        Only a thread that did not sleep over a short window is signalled: it
+        held the GIL all along (a C call), or slept all along (waiting for the
+        GIL, or for I/O). A thread that switches meanwhile may be running
+        bytecode between GIL hand-offs (many threads competing for the GIL):
+        interrupting bytecode with a faulthandler signal is what corrupts a
+        3.10 interpreter now and then (docs/native.md)."""
+        before_window = {tid: _switches(self.parent, tid) for _, tid in loops}
+        time.sleep(STEADY_WINDOW)
+        for ident, tid in loops:
+            first = before_window.get(tid)
+            if first is None or _switches(self.parent, tid) != first:
+                continue
+            try:
+                before = os.fstat(fd).st_size
+                os.write(fd, f"Thread 0x{ident:x} (most recent call first):\n".encode())
+                if not self._tgkill(tid):
+                    continue
+                size, stable_since, deadline = -1, 0.0, time.monotonic() + 0.2
+                while time.monotonic() < deadline:
+                    cur = os.fstat(fd).st_size
+                    now = time.monotonic()
+                    if cur != size:
+                        size, stable_since = cur, now
+                    elif cur > before and now - stable_since >= _SETTLE:
+                        break
+                    time.sleep(0.001)
+            except OSError:
+                return
+
+
+def _switches(parent: int, tid: int) -> int | None:
+    """Voluntary context switches of a thread of ``parent`` (None: unknown)."""
+    try:
+        with open(f"/proc/{parent}/task/{tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"voluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _next_wait(now: float, quiet_until: float, threshold: float, poll: float,
+               signal_due: bool, pyspy_due: bool) -> float:
+    """Seconds to sleep: until the watchdog's announced quiet plus the silence
+    that makes the next action due, at least ``poll`` (and at most 5 s: the
+    parent's death wakes us anyway, through the pipe)."""
+    if signal_due:
+        due = quiet_until + threshold / 2
+    elif pyspy_due:
+        due = quiet_until + max(threshold, MIN_SILENCE)
+    else:
+        return poll  # nothing left for this silence: watch for the next one
+    return min(5.0, max(poll, due - now))
+
+
+def _loops(mm: mmap.mmap) -> list[tuple[int, int]]:
+    n = min(MAX_LOOPS, struct.unpack_from("<Q", mm, 56)[0])
+    return [_PAIR.unpack_from(mm, _LOOPS_AT + i * _PAIR.size) for i in range(n)]
+
+
+def main(argv: list[str]) -> int:
+    parent, mfd, rfd = int(argv[0]), int(argv[1]), int(argv[2])
+    directory, limit, poll = argv[3], float(argv[4]), float(argv[5])
+    signal_fd, signum, pyspy = int(argv[6]), int(argv[7]), argv[8:]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    mm = mmap.mmap(mfd, _SIZE)
+    signaller = _Signaller(parent, signum) if signal_fd >= 0 and signum else None
+    last = -1
+    changed_at = quiet_until = time.monotonic()  # the last beat; silence counts from quiet_until
+    base: tuple[float, float] | None = None  # the watchdog's schedstat at its last beat
+    signalled = pyspy_done = False
+    captures = rounds = 0
+    wait = poll
+    try:
+        while True:
+            ready, _, _ = select.select([rfd], [], [], wait)
+            if ready and not os.read(rfd, 64):
+                return 0  # EOF: the parent is gone (or closed us); a byte: resume()
+            if os.getppid() != parent:
+                return 0  # re-parented: the parent died
+            count, stand_down, threshold, _, _, _, wd_tid, _, _ = _LAYOUT.unpack_from(mm, 0)
+            now = time.monotonic()
+            if count != last:
+                last, changed_at, signalled, pyspy_done = count, now, False, False
+                base = _schedstat(parent, wd_tid) if signaller and wd_tid else None
+            # The watchdog says how long it means to sleep (or to be busy on
+            # purpose): silence counts only after that.
+            quiet_until = max(changed_at, stand_down)
+            silence = now - quiet_until
+            if silence > 0 and _stopped(parent):
+                # Stopped by somebody (SIGSTOP, ctrl-Z, a debugger): a silent
+                # watchdog, but no freeze. Neither signal nor pause it; its
+                # stop stands until whoever stopped it continues it.
+                changed_at = quiet_until = now
+                wait = poll
+                continue
+            if silence <= 0:
+                wait = _next_wait(now, quiet_until, threshold, poll,
+                                  signaller is not None, bool(pyspy))
+                continue
+            if (signaller is not None and not signalled and silence >= threshold / 2
+                    and _watchdog_blocked(parent, wd_tid, base, silence)):
+                # The GIL is held: every loop thread's Python stack, now.
+                signalled = True
+                struct.pack_into("<Q", mm, 40, 1)
+                try:
+                    signaller.dump(signal_fd, _loops(mm))
+                finally:
+                    rounds += 1
+                    struct.pack_into("<Q", mm, 64, rounds)
+                    struct.pack_into("<Q", mm, 40, 0)
+            # Sleep until the next moment something could be due (the watchdog
+            # announces its sleeps, so an idle one costs few wake-ups here).
+            wait = _next_wait(now, quiet_until, threshold, poll,
+                              signaller is not None and not signalled,
+                              bool(pyspy) and not pyspy_done)
+            if not pyspy or pyspy_done or silence < max(threshold, MIN_SILENCE):
+                continue
+            # The watchdog has been silent for a threshold: take the native
+            # trace now, while whatever holds the GIL still holds it.
+            pyspy_done = True
+            struct.pack_into("<Q", mm, 32, 1)
+            taken_at = time.monotonic()
+            code, out, err = _run_pyspy(pyspy, limit, parent)
+            captures += 1
+            _write_result(directory, {"taken_at": taken_at, "ended_at": time.monotonic(),
+                                      "silent_for": taken_at - quiet_until, "code": code,
+                                      "stdout": out, "stderr": err, "limit": limit})
+            struct.pack_into("<Q", mm, 24, captures)
+            struct.pack_into("<Q", mm, 32, 0)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
