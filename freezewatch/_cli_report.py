@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from .cli import EXIT_USAGE, CliError
+from ._cli_errors import EXIT_USAGE, CliError
 
 NAME = re.compile(r"^(freeze|stall)-(\d{8}T\d{6})Z?-\d+-\d+\.json$")
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*$", re.IGNORECASE)

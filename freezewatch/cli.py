@@ -16,12 +16,9 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import __version__
+from ._cli_errors import EXIT_FAILED, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_USAGE, CliError
 
 PROG = "freezewatch"
-EXIT_USAGE = 2
-EXIT_FAILED = 1
-EXIT_NOT_FOUND = 127  # the shell's codes for a command that cannot be run
-EXIT_NOT_EXECUTABLE = 126
 
 RUN_EXAMPLES = """\
 examples:
@@ -59,14 +56,6 @@ examples:
 
 'freezewatch COMMAND --help' shows each command's options.
 """
-
-
-class CliError(Exception):
-    """A user-facing error: printed as one line, exit status ``code``."""
-
-    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class _Parser(argparse.ArgumentParser):
