@@ -8,7 +8,7 @@ blocked: waiting for the GIL) and sends each watched loop thread the signal
 (``faulthandler.register(SIGNAL, all_threads=False)``) runs *on the loop
 thread itself*, interrupting the C call, and writes that thread's Python
 stack to a private file. The watchdog reads it when it runs again and
-folds it into a normal freeze dump (``_loopwatch``).
+folds it into a normal freeze dump (``_pipeline``).
 
 Why a signal and not ``faulthandler.dump_traceback_later`` (a timer thread
 re-armed ahead of its deadline): the timer's thread walks *every* thread's

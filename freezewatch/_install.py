@@ -59,7 +59,8 @@ def install(
         _ensure_server(config)  # before the handle: a port that cannot be bound leaves none
         w = LoopWatch(loop, config, hooks, install_thread=me if loop is None or
                       _running_here(loop) else None)
-        gcwatch.watch_gc()  # a flag while a collection runs: cause "garbage collection"
+        if _state.parts["gc_hook"]:  # a flag while a collection runs: cause "garbage collection"
+            gcwatch.watch_gc()
         if loop is not None:
             _state.by_loop[loop] = w
         wd = _ensure_watchdog()

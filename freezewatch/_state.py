@@ -14,15 +14,16 @@ Two kinds of names, both here:
 - process-lifetime facts (kept by ``reset()``, because what they record
   cannot be undone, or must survive a fork: an ``os.register_at_fork`` hook,
   the wrappers around ``faulthandler.register``, an application that took
-  the faulthandler signal, autostart done): ``autostarted``,
-  ``faulthandler``, ``faulthandler_wrapped``, ``fork_hooks``,
-  ``sentinel_pipe_fds``.
+  the faulthandler signal, autostart done, metric objects registered):
+  ``autostarted``, ``faulthandler``, ``faulthandler_wrapped``, ``fork_hooks``,
+  ``metric_families``, ``parts``, ``sentinel_pipe_fds``.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
+import weakref
 from typing import Any
 
 # Guards install/uninstall only: never taken by the watchdog thread while it
@@ -48,6 +49,10 @@ gc_running: tuple[int, float] | None = None
 """(thread ident, monotonic start) of the collection running now (``_snapshot.gcwatch``)."""
 gc_last: tuple[int, float, float, int] | None = None
 """(thread ident, start, end, generation) of the last collection that finished."""
+metric_children: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+"""Each handle's Prometheus label children (``_sinks.metrics``)."""
+metrics_lock = threading.Lock()
+"""Guards the creation of metric families and children (never the loop thread)."""
 errors_survived: dict[str, int] = {}
 """Failures caught at a boundary and survived, by where (``metrics``, ``sink``...)."""
 
@@ -61,6 +66,15 @@ application took the signal, it keeps it, in forked children too."""
 fork_hooks: set[str] = set()
 """Names of the os.register_at_fork hooks registered (they cannot be removed)."""
 faulthandler_wrapped = False
+metric_families: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+"""The metric objects of each registry: created once per process (re-creating them
+in the same registry raises "Duplicated timeseries")."""
+parts: dict[str, bool] = {"selector": True, "gc_hook": True}
+"""A documented internal seam for benchmarks (scripts/bench.py): switch off one
+part of the watchdog that has no setting of its own, before install(). ``selector``:
+the selector wrapper that lets an idle loop park the watchdog (and the GIL
+hand-off of a saturated loop); ``gc_hook``: the gc.callbacks hook that names a
+garbage collection as a freeze's cause. Not for applications."""
 sentinel_pipe_fds: set[int] = set()
 """Write ends of the pipes to our sentinels: closed in a forked child, so the
 parent's sentinel still sees EOF when the parent dies."""
@@ -85,4 +99,5 @@ def reset() -> None:
     by_loop.clear()
     last_dump_by_signature.clear()
     errors_survived.clear()
+    metric_children.clear()
     dump_seq = itertools.count(1)

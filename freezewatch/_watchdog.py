@@ -168,7 +168,7 @@ class Watchdog:
 
     def _prepare(self, w: LoopWatch) -> None:
         """Before a loop's first beat: wrap its selector, so an idle loop can park us."""
-        if w.idle is None and not w.idle_tried and w.loop is not None:
+        if w.idle is None and not w.idle_tried and w.loop is not None and _state.parts["selector"]:
             w.idle_tried = True
             state = _selector.IdleState(self.wake, self.handoff)
             w.idle = state if _selector.attach(w.loop, state) else None

@@ -29,6 +29,8 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .. import _state
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -85,11 +87,11 @@ class _Bound:
     """Multiprocess mode when bound: the watchdog must store the blocked gauge."""
 
 
-# Guards creation of families and children (install and watchdog threads);
-# never taken on the loop thread.
-_lock = threading.Lock()
-_families: weakref.WeakKeyDictionary[Any, _Family] = weakref.WeakKeyDictionary()
-_bound: weakref.WeakKeyDictionary[Any, _Bound] = weakref.WeakKeyDictionary()
+# The metric objects of each registry and each handle's label children live in
+# _state (metric_families: for the process's life, since re-creating them in
+# a registry raises; metric_children: per handle). _state.metrics_lock guards
+# their creation (install and watchdog threads); never taken on the loop thread.
+_families: weakref.WeakKeyDictionary[Any, _Family] = _state.metric_families
 
 
 def _default_registry() -> CollectorRegistry:
@@ -103,7 +105,7 @@ def family(registry: CollectorRegistry | None = None) -> _Family:
     from prometheus_client import Counter, Gauge, Histogram
 
     reg = registry if registry is not None else _default_registry()
-    with _lock:
+    with _state.metrics_lock:
         fam = _families.get(reg)
         if fam is not None:
             return fam
@@ -156,11 +158,11 @@ def _registry_of(w: Any) -> CollectorRegistry | None:
 def bind(w: Any) -> _Bound:
     """The label children for handle ``w`` (re-bound if its name changed)."""
     name = w.name
-    b = _bound.get(w)
+    b: _Bound | None = _state.metric_children.get(w)
     if b is not None and b.name == name:
         return b
     fam = family(_registry_of(w))
-    with _lock:
+    with _state.metrics_lock:
         nb = _Bound(
             name, fam, fam.lag.labels(name), fam.freezes.labels(name),
             fam.freeze_duration.labels(name), fam.blocked.labels(name),
@@ -175,7 +177,7 @@ def bind(w: Any) -> _Bound:
         nb.blocked.set_function(lambda: _blocked_now(ref))
         if b is not None and b.name != name:
             _remove_gauges(b)
-        _bound[w] = nb
+        _state.metric_children[w] = nb
     return nb
 
 
@@ -194,9 +196,9 @@ def _remove_gauges(b: _Bound) -> None:
 
 def forget(w: Any) -> None:
     """Handle ``w`` is no longer watched: its gauges leave the registry."""
-    with _lock:
-        b = _bound.pop(w, None)
-        if b is not None and not any(o.name == b.name for o in _bound.values()):
+    with _state.metrics_lock:
+        b = _state.metric_children.pop(w, None)
+        if b is not None and not any(o.name == b.name for o in _state.metric_children.values()):
             _remove_gauges(b)
             if multiprocess_dir():  # the value file keeps the last value: make it 0
                 b.blocked.set(0.0)
@@ -204,9 +206,8 @@ def forget(w: Any) -> None:
 
 def after_fork() -> None:
     """In a forked child: label children of the parent's handles are not ours."""
-    global _lock
-    _lock = threading.Lock()  # may have been held by a thread that is gone
-    _bound.clear()
+    _state.metrics_lock = threading.Lock()  # may have been held by a thread that is gone
+    _state.metric_children.clear()
 
 
 def sample(w: Any, now: float) -> None:
@@ -214,7 +215,7 @@ def sample(w: Any, now: float) -> None:
 
     Kept to a dict lookup and a comparison in the common case: it runs every
     ``interval`` and the round's length matters (the suspension guard)."""
-    b = _bound.get(w)  # bound at the loop's first answered heartbeat (lag())
+    b = _state.metric_children.get(w)  # bound at the loop's first answered heartbeat (lag())
     if b is None or w.closed or w.loop is None:
         return
     blocked = w.blocked_for()
@@ -227,7 +228,7 @@ def sample(w: Any, now: float) -> None:
         b.tasks.set(len(all_tasks(w.loop)))
 
 
-# -- events from the watchdog (called where they happen; see _loopwatch/_report) --
+# -- events from the watchdog (called where they happen: _watchdog, _pipeline) --
 
 def lag(w: Any, seconds: float) -> None:
     b = bind(w)

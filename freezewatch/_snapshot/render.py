@@ -121,7 +121,7 @@ def render(doc: dict[str, Any]) -> str:
             lines.append(f"             {af['code']}")
     elif not af:
         lines.append("App line:    (no application frame on this stack)")
-    if doc.get("cause"):  # the kernel's view (kernel.py): freezes only
+    if doc.get("cause"):  # the kernel's view (procview, cause): freezes only
         why = f" \u2014 {doc['kernel_summary']}" if doc.get("kernel_summary") else ""
         lines.append(f"Cause:       {doc['cause']}{why}")
     if kind == "stall":
