@@ -13,6 +13,7 @@ import asyncio
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -253,3 +254,73 @@ def test_autodetect_only_with_a_real_global_provider() -> None:
                          text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert "'freezewatch.eventloop.delay'" in out.stdout
+
+
+class _StuckLogger:
+    """A log pipeline that hangs 1 s, then fails, on every record."""
+
+    def emit(self, *args: Any, **kwargs: Any) -> None:
+        time.sleep(1.0)
+        raise RuntimeError("exporter down")
+
+
+class _StuckLoggerProvider:
+    def get_logger(self, *args: Any, **kwargs: Any) -> _StuckLogger:
+        return _StuckLogger()
+
+
+def test_failing_exporter_is_counted_and_never_delays_detection(dump_dir: Path,
+                                                               events: Any) -> None:
+    """A log pipeline that hangs then raises: each failure is counted and logged as
+    sink_failed; the second freeze is still detected and dumped on time."""
+    meters = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    freezewatch.otel.instrument(meter_provider=meters, logger_provider=_StuckLoggerProvider())
+    before = event_sink.failures
+
+    async def main() -> None:
+        freezewatch.install(dump_dir=str(dump_dir), **{**FAST, "dump_rate_window": 0.0})
+        await asyncio.sleep(0.1)
+        for _ in range(2):
+            time.sleep(0.6)  # pin: stuck-exporter
+            await asyncio.sleep(0.1)
+
+    try:
+        run_in_thread(main, LOOP).join(15)
+        failed = events.wait("sink_failed")
+    finally:
+        freezewatch.otel.uninstrument()
+        meters.shutdown()
+    assert (failed["sink"], failed["error"]) == ("otel", "RuntimeError('exporter down')")
+    assert event_sink.failures > before
+    first, second = (assert_contract(p) for p in dumps(dump_dir))
+    # the events thread sat 1 s in the first record; the second freeze's dump did not wait
+    assert second["blocked_for"] < FAST["threshold"] + 0.25
+    assert second["detected_at"] - first["detected_at"] < 1.0
+
+
+def test_stall_is_a_counter_and_a_log_record(dump_dir: Path, events: Any,
+                                             memory: Any) -> None:
+    """A watch() unit past its stall_after: the stalls counter and a WARN record
+    (event_name freezewatch.stall) naming the unit and the application's await line."""
+    reader, exporter = memory
+
+    async def main() -> None:
+        freezewatch.install(dump_dir=str(dump_dir), **FAST)
+        never = asyncio.Event()
+        async with freezewatch.watch("GET /slow", stall_after=0.3):
+            await asyncio.wait_for(never.wait(), 1.0)  # pin: otel-stall
+
+    with pytest.raises(asyncio.TimeoutError):
+        asyncio.run(main())
+    events.wait("stall_detected")
+    assert event_sink.flush(5)
+    (stalls,) = points(reader, "freezewatch.eventloop.stalls")
+    assert stalls.value == 1
+    (rec,) = [r.log_record for r in exporter.get_finished_logs()]
+    assert rec.event_name == "freezewatch.stall" and rec.severity_text == "WARN"
+    assert rec.body.startswith("STALL: GET /slow open for ")
+    expected = pin(__file__, "otel-stall")
+    assert dict(rec.attributes)["freezewatch.app_frame"].startswith(
+        f"{expected.file}:{expected.line} in ")
+    (path,) = dumps(dump_dir, "stall")
+    assert_contract(path)
