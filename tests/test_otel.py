@@ -10,6 +10,7 @@ inside a request span, while the test thread looks.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import threading
@@ -182,7 +183,11 @@ def test_otlp_http_export_to_local_receiver(dump_dir: Path, events: Any) -> None
     assert metrics["freezewatch.eventloop.freezes"].sum.data_points[0].as_int == 1
     assert metrics["freezewatch.eventloop.freeze.duration"].histogram.data_points[0].count == 1
     assert metrics["freezewatch.eventloop.freeze.duration"].unit == "s"
-    print("OTLP log record:", freeze)  # the README excerpt
+    print("OTLP log record:", json.dumps({  # the README excerpt
+        "severity_text": freeze.severity_text, "body": freeze.body.string_value,
+        "trace_id": freeze.trace_id.hex(), "span_id": freeze.span_id.hex(),
+        "attributes": {k: str(v).strip() for k, v in attrs.items()}}, indent=1))
+    print("span:", format(span.trace_id, "032x"), format(span.span_id, "016x"))
 
 
 def test_record_lag_feeds_the_delay_histogram(memory: Any) -> None:

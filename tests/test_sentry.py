@@ -126,6 +126,7 @@ def test_freeze_event_sent_while_frozen(dump_dir: Path, events: Any, sentry: Sen
     print("Sentry event:", json.dumps({k: event[k] for k in (
         "level", "message", "fingerprint", "tags", "request")}, indent=1))
     print("top frame:", json.dumps(top))
+    print("attachment:", json.dumps(head))
 
 
 def _repeat(dump_dir: Path, count: int, **settings: Any) -> None:
