@@ -27,8 +27,10 @@ __all__ = ["autodetect", "instrument", "record_lag", "set_blocked_source", "unin
 def instrument(meter_provider: Any = None, logger_provider: Any = None) -> None:
     """Record freezewatch's metrics and log records through these providers
     (default: the global ones). Calling it again replaces the previous setup."""
-    instruments = _sink.Instruments(meter_provider)
-    sink = _sink.OTelSink(instruments, logger_provider)
+    from . import __version__
+
+    instruments = _sink.Instruments(meter_provider, __version__)
+    sink = _sink.OTelSink(instruments, logger_provider, __version__)
     if _sink._blocked_source is None:
         set_blocked_source(_blocked_now)
     _report.register(sink)

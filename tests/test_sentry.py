@@ -56,7 +56,7 @@ class Sentry:
 def sentry() -> Iterator[Sentry]:
     rx = Receiver()
     sentry_sdk.init(dsn=f"http://public@127.0.0.1:{rx.port}/1", default_integrations=False,
-                    auto_enabling_integrations=False,
+                    auto_enabling_integrations=False, traces_sample_rate=1.0,
                     integrations=[freezewatch.sentry.integration()])
     # setup_once runs once per process: a later test's init() finds the sink still
     # registered only if no earlier test disabled it, so make sure here.
@@ -77,11 +77,15 @@ def test_freeze_event_sent_while_frozen(dump_dir: Path, events: Any, sentry: Sen
     of the stack, grouping by it, tags, the request (token redacted), the .txt attached;
     when the freeze ends, one info event with its duration."""
 
+    seen: dict[str, tuple[str, str]] = {}
+
     async def main() -> None:
         freezewatch.install(dump_dir=str(dump_dir), **FAST)
         await asyncio.sleep(0.1)
         async with freezewatch.watch("GET /list-users?token=s3cret"):
-            time.sleep(3.0)  # pin: sentry-block
+            with sentry_sdk.start_transaction(name="GET /list-users", op="http.server") as tx:
+                seen["trace"] = (tx.trace_id, tx.span_id)
+                time.sleep(3.0)  # pin: sentry-block
         await asyncio.sleep(0.2)
 
     t = run_in_thread(main, LOOP)
@@ -118,7 +122,14 @@ def test_freeze_event_sent_while_frozen(dump_dir: Path, events: Any, sentry: Sen
     assert f"Blocked at:  {where}" in attached
     assert all(b"s3cret" not in r.body for r in sentry.rx.requests)
 
+    # Joined to the request's transaction (read from the task's context at capture)
+    trace_id, span_id = seen["trace"]
+    assert doc["sentry_trace"] == {"trace_id": trace_id, "span_id": span_id}
+    assert (event["contexts"]["trace"]["trace_id"],
+            event["contexts"]["trace"]["span_id"]) == (trace_id, span_id)
+
     (final,) = wait_for(lambda: sentry.of_kind("freeze-ended"))
+    assert final["contexts"]["trace"]["trace_id"] == trace_id
     assert final["level"] == "info"
     assert final["contexts"]["freezewatch"]["duration"] == ended["seconds"]
     assert final["contexts"]["freezewatch"]["freeze_event_id"] == event["event_id"]

@@ -76,12 +76,10 @@ def set_blocked_source(source: BlockedSource | None) -> None:
 class Instruments:
     """The OTel instruments of one meter (created once per ``instrument()``)."""
 
-    def __init__(self, meter_provider: Any = None) -> None:
+    def __init__(self, meter_provider: Any = None, version: str = "") -> None:
         from opentelemetry import metrics
 
-        from .. import __version__
-
-        meter = metrics.get_meter(SCOPE, __version__, meter_provider=meter_provider)
+        meter = metrics.get_meter(SCOPE, version, meter_provider=meter_provider)
         self._attrs: dict[str, dict[str, str]] = {}
         self.lag = meter.create_histogram(
             "freezewatch.eventloop.delay", unit="s",
@@ -129,13 +127,12 @@ class OTelSink:
 
     name = "otel"
 
-    def __init__(self, instruments: Instruments, logger_provider: Any = None) -> None:
+    def __init__(self, instruments: Instruments, logger_provider: Any = None,
+                 version: str = "") -> None:
         from opentelemetry import _logs
 
-        from .. import __version__
-
         self.instruments = instruments
-        self.logger = _logs.get_logger(SCOPE, __version__, logger_provider=logger_provider)
+        self.logger = _logs.get_logger(SCOPE, version, logger_provider=logger_provider)
         self._lock = threading.Lock()  # deliver() runs on one thread; tests may call it too
         self._open: collections.OrderedDict[Any, tuple[str, str] | None] = (
             collections.OrderedDict())

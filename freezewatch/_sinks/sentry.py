@@ -58,7 +58,9 @@ class SentrySink:
         self._clock = clock
         self._lock = threading.Lock()
         self._last_sent: dict[str, float] = {}
-        self._open: collections.OrderedDict[Any, tuple[str, str, dict[str, str]]] = (
+        # freeze -> (its event id, where, tags, contexts.trace) until it ends
+        self._open: collections.OrderedDict[
+            Any, tuple[str, str, dict[str, str], dict[str, Any] | None]] = (
             collections.OrderedDict())
         self.sent = 0
         self.rate_limited = 0
@@ -115,8 +117,10 @@ class SentrySink:
         request = _request(doc)
         if request:
             event["request"] = request
-        trace = doc.get("otel_trace")
-        if isinstance(trace, dict):  # the request's OTel trace (freezewatch._snapshot.otel_context)
+        # The request's trace (freezewatch._snapshot.otel_context): Sentry's own, else
+        # OTel's. Without either, the SDK gives the event the events thread's trace.
+        trace = doc.get("sentry_trace") or doc.get("otel_trace")
+        if isinstance(trace, dict):
             event["contexts"]["trace"] = {"trace_id": trace.get("trace_id"),
                                           "span_id": trace.get("span_id")}
         with sentry_sdk.isolation_scope() as scope:
@@ -127,7 +131,8 @@ class SentrySink:
         self.sent += 1
         if event_id and snap.kind == "freeze":
             with self._lock:
-                self._open[_key(report)] = (event_id, where, tags)
+                self._open[_key(report)] = (event_id, where, tags,
+                                            event["contexts"].get("trace"))
                 while len(self._open) > MAX_OPEN:
                     self._open.popitem(last=False)
 
@@ -139,7 +144,7 @@ class SentrySink:
             opened = self._open.pop(_key(report), None)
         if opened is None:  # its freeze was rate limited (or never sent): nothing to close
             return
-        event_id, where, tags = opened
+        event_id, where, tags, trace = opened
         event: dict[str, Any] = {
             "level": "info",
             "logger": "freezewatch",
@@ -152,6 +157,8 @@ class SentrySink:
                                          "dump_path": _clean(ev.dump_path),
                                          "reason": _clean(ev.reason)}},
         }
+        if trace is not None:
+            event["contexts"]["trace"] = trace
         with sentry_sdk.isolation_scope() as scope:
             scope.capture_event(cast(Any, event))
         self.sent += 1

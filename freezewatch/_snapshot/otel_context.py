@@ -72,3 +72,30 @@ def span_of_task(task: Any) -> tuple[str, str] | None:
     if not sc.is_valid:
         return None
     return format(sc.trace_id, "032x"), format(sc.span_id, "016x")
+
+
+def sentry_trace_of_task(task: Any) -> tuple[str, str] | None:
+    """``(trace_id, span_id)`` of the Sentry span (a request's transaction or a span
+    in it) current in ``task``, or None.
+
+    sentry-sdk 2.x keeps its current scope in a ContextVar
+    (``sentry_sdk.scope._current_scope``) whose ``_span`` is the active span; only
+    plain attributes are read. Without a span (no tracing) nothing is returned:
+    the ids Sentry would give such a request's events are computed lazily from
+    merged scopes, not something to reconstruct from another thread.
+    """
+    if task is None:
+        return None
+    scope_mod = sys.modules.get("sentry_sdk.scope")
+    if scope_mod is None:  # the application never imported sentry_sdk
+        return None
+    var = getattr(scope_mod, "_current_scope", None)
+    ctx = task_context(task)
+    if ctx is None or not isinstance(var, contextvars.ContextVar):
+        return None
+    span = getattr(ctx.get(var), "_span", None)
+    trace_id, span_id = getattr(span, "trace_id", None), getattr(span, "span_id", None)
+    if (isinstance(trace_id, str) and len(trace_id) == 32 and isinstance(span_id, str)
+            and len(span_id) == 16):
+        return trace_id, span_id
+    return None
