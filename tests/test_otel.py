@@ -329,3 +329,32 @@ def test_stall_is_a_counter_and_a_log_record(dump_dir: Path, events: Any,
         f"{expected.file}:{expected.line} in ")
     (path,) = dumps(dump_dir, "stall")
     assert_contract(path)
+
+
+def _snapshot(trace: dict[str, str] | None) -> Any:
+    from freezewatch._snapshot.model import NATIVE_OFF, Frame, LoopInfo, Snapshot
+
+    frame = Frame("/app/service.py", 41, "handler", "time.sleep(5)")
+    return Snapshot(kind="freeze", pid=1, hostname="h", python="3", loop=LoopInfo(LOOP, 1, LOOP),
+                    detected_at=1.0, blocked_for=1.0, threshold=1.0, loop_frames=(frame,),
+                    blocking_frame=frame, app_frame=frame, current_task="Task-1", tasks=(),
+                    task_count=0, threads=(), native=NATIVE_OFF, inflight=(),
+                    extra={"otel_trace": trace} if trace else {})
+
+
+def test_end_record_joins_its_freeze_by_freeze_id(memory: Any) -> None:
+    """freeze_id, when the pipeline gives one, pairs a freeze_ended with its detection
+    (here two freezes of one loop, ended in the other order, dumps unknown)."""
+    from freezewatch._events import FreezeEvent
+    from freezewatch._sinks.report import Report, extra_sinks
+
+    _, exporter = memory
+    sink = next(s for s in extra_sinks if s.name == "otel")
+    a, b = {"trace_id": "1" * 32, "span_id": "2" * 16}, {"trace_id": "3" * 32, "span_id": "4" * 16}
+    for fid, trace in ((1, a), (2, b)):
+        sink.deliver(Report(FreezeEvent("freeze_detected", LOOP, 1.0), _snapshot(trace), fid))
+    for fid in (2, 1):
+        sink.deliver(Report(FreezeEvent("freeze_ended", LOOP, 2.0), None, fid))
+    ended = [r.log_record for r in exporter.get_finished_logs()
+             if r.log_record.event_name == "freezewatch.freeze.ended"]
+    assert [format(r.trace_id, "032x") for r in ended] == ["3" * 32, "1" * 32]

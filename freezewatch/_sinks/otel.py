@@ -28,7 +28,6 @@ OpenTelemetry                          Prometheus (``_sinks/metrics.py``)
 from __future__ import annotations
 
 import collections
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -133,7 +132,8 @@ class OTelSink:
 
         self.instruments = instruments
         self.logger = _logs.get_logger(SCOPE, version, logger_provider=logger_provider)
-        self._lock = threading.Lock()  # deliver() runs on one thread; tests may call it too
+        # Only the freezewatch-events thread calls deliver(): no lock (none to be
+        # left held in a forked child either).
         self._open: collections.OrderedDict[Any, tuple[str, str] | None] = (
             collections.OrderedDict())
 
@@ -197,8 +197,7 @@ class OTelSink:
         from opentelemetry._logs import SeverityNumber
 
         ev = report.event
-        with self._lock:
-            span = self._open.pop(_key(report), None)
+        span = self._open.pop(_key(report), None)
         attrs: dict[str, Any] = {LOOP_ATTR: _clean(ev.loop), "freezewatch.kind": "freeze",
                                  "freezewatch.duration": ev.seconds}
         for k, v in (("freezewatch.blocking_frame", ev.blocked_at),
@@ -213,10 +212,9 @@ class OTelSink:
         )
 
     def _remember(self, key: Any, span: tuple[str, str] | None) -> None:
-        with self._lock:
-            self._open[key] = span
-            while len(self._open) > MAX_OPEN:
-                self._open.popitem(last=False)
+        self._open[key] = span
+        while len(self._open) > MAX_OPEN:
+            self._open.popitem(last=False)
 
 
 def _key(report: Report) -> Any:

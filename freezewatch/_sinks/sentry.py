@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import os
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -56,7 +55,8 @@ class SentrySink:
                  = time.monotonic) -> None:
         self._window_of = window_of
         self._clock = clock
-        self._lock = threading.Lock()
+        # Only the freezewatch-events thread calls deliver(): no lock (none to be
+        # left held in a forked child either).
         self._last_sent: dict[str, float] = {}
         # freeze -> (its event id, where, tags, contexts.trace) until it ends
         self._open: collections.OrderedDict[
@@ -79,14 +79,13 @@ class SentrySink:
     def _allowed(self, signature: str, loop: str) -> bool:
         window = self._window_of(loop)
         now = self._clock()
-        with self._lock:
-            last = self._last_sent.get(signature)
-            if last is not None and now - last < window:
-                self.rate_limited += 1
-                return False
-            self._last_sent[signature] = now
-            if len(self._last_sent) > 10 * MAX_OPEN:  # old signatures cannot limit anything
-                self._last_sent = {s: t for s, t in self._last_sent.items() if now - t < window}
+        last = self._last_sent.get(signature)
+        if last is not None and now - last < window:
+            self.rate_limited += 1
+            return False
+        self._last_sent[signature] = now
+        if len(self._last_sent) > 10 * MAX_OPEN:  # old signatures cannot limit anything
+            self._last_sent = {s: t for s, t in self._last_sent.items() if now - t < window}
         return True
 
     def _detected(self, report: Report, snap: Snapshot) -> None:
@@ -130,18 +129,16 @@ class SentrySink:
             event_id = scope.capture_event(cast(Any, event))
         self.sent += 1
         if event_id and snap.kind == "freeze":
-            with self._lock:
-                self._open[_key(report)] = (event_id, where, tags,
-                                            event["contexts"].get("trace"))
-                while len(self._open) > MAX_OPEN:
-                    self._open.popitem(last=False)
+            self._open[_key(report)] = (event_id, where, tags,
+                                        event["contexts"].get("trace"))
+            while len(self._open) > MAX_OPEN:
+                self._open.popitem(last=False)
 
     def _ended(self, report: Report) -> None:
         import sentry_sdk
 
         ev = report.event
-        with self._lock:
-            opened = self._open.pop(_key(report), None)
+        opened = self._open.pop(_key(report), None)
         if opened is None:  # its freeze was rate limited (or never sent): nothing to close
             return
         event_id, where, tags, trace = opened
