@@ -134,8 +134,11 @@ def test_freeze_event_sent_while_frozen(dump_dir: Path, events: Any, sentry: Sen
     assert final["contexts"]["freezewatch"]["duration"] == ended["seconds"]
     assert final["contexts"]["freezewatch"]["freeze_event_id"] == event["event_id"]
     assert final["fingerprint"] == ["freezewatch", "freeze-ended", where]
-    print("Sentry event:", json.dumps({k: event[k] for k in (
-        "level", "message", "fingerprint", "tags", "request")}, indent=1))
+    print("Sentry event:", json.dumps({**{k: event[k] for k in (
+        "level", "message", "fingerprint", "tags", "request")},
+        "contexts.trace": {k: event["contexts"]["trace"][k] for k in ("trace_id", "span_id")}},
+        indent=1))
+    print("transaction:", trace_id, span_id)
     print("top frame:", json.dumps(top))
     print("attachment:", json.dumps(head))
 
