@@ -23,24 +23,34 @@ from ._sinks.otel import record_lag, set_blocked_source
 
 __all__ = ["autodetect", "instrument", "record_lag", "set_blocked_source", "uninstrument"]
 
+_providers: tuple[Any, Any] | None = None
+
 
 def instrument(meter_provider: Any = None, logger_provider: Any = None) -> None:
     """Record freezewatch's metrics and log records through these providers
-    (default: the global ones). Calling it again replaces the previous setup."""
+    (default: the global ones). Again with the same providers: nothing changes
+    (instruments are created once per meter); with others: they replace these."""
+    global _providers
     from . import __version__
+
+    if _sink._active is not None and _providers == (meter_provider, logger_provider):
+        return
 
     instruments = _sink.Instruments(meter_provider, __version__)
     sink = _sink.OTelSink(instruments, logger_provider, __version__)
     if _sink._blocked_source is None:
         set_blocked_source(_blocked_now)
     _report.register(sink)
+    _providers = (meter_provider, logger_provider)
     _sink._active = instruments  # record_lag starts recording
 
 
 def uninstrument() -> None:
     """Stop recording (idempotent). Instruments already created stay in the
     application's meter, unfed (the OTel API has no way to delete them)."""
+    global _providers
     _sink._active = None
+    _providers = None
     _report.unregister(_sink.OTelSink.name)
     if _sink._blocked_source is _blocked_now:
         set_blocked_source(None)

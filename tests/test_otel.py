@@ -358,3 +358,14 @@ def test_end_record_joins_its_freeze_by_freeze_id(memory: Any) -> None:
     ended = [r.log_record for r in exporter.get_finished_logs()
              if r.log_record.event_name == "freezewatch.freeze.ended"]
     assert [format(r.trace_id, "032x") for r in ended] == ["3" * 32, "1" * 32]
+
+
+def test_instrument_twice_is_one_set_of_instruments(memory: Any) -> None:
+    """instrument() again with the same (global) providers: no second set of instruments."""
+    active = otel_sink._active
+    freezewatch.otel.instrument()
+    freezewatch.otel.instrument()
+    assert otel_sink._active is not active  # the global providers differ from the fixture's
+    again = otel_sink._active
+    freezewatch.otel.instrument()
+    assert otel_sink._active is again
