@@ -369,3 +369,30 @@ def test_instrument_twice_is_one_set_of_instruments(memory: Any) -> None:
     again = otel_sink._active
     freezewatch.otel.instrument()
     assert otel_sink._active is again
+
+
+def test_long_freeze_update_is_a_record_too(dump_dir: Path, events: Any, memory: Any) -> None:
+    """A freeze-update dump of a long freeze: a WARN record freezewatch.freeze.update,
+    between the freeze's record and its end, all three on the request's trace."""
+    _, exporter = memory
+    tracer = TracerProvider().get_tracer("test")
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        freezewatch.install(dump_dir=str(dump_dir), **{**FAST, "update_after": (0.7,)})
+        await asyncio.sleep(0.1)
+        with tracer.start_as_current_span("job") as span:
+            seen["trace"] = span.get_span_context().trace_id
+            time.sleep(1.2)  # pin: otel-long
+        await asyncio.sleep(0.2)
+
+    run_in_thread(main, LOOP).join(10)
+    events.wait("freeze_ended")
+    assert event_sink.flush(5)
+    records = [r.log_record for r in exporter.get_finished_logs()]
+    assert [r.event_name for r in records] == [
+        "freezewatch.freeze", "freezewatch.freeze.update", "freezewatch.freeze.ended"]
+    assert {r.trace_id for r in records} == {seen["trace"]}
+    assert records[1].body.startswith(f"FREEZE (update): event loop '{LOOP}' blocked for ")
+    for path in dumps(dump_dir):
+        assert_contract(path)
