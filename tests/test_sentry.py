@@ -85,12 +85,12 @@ def test_freeze_event_sent_while_frozen(dump_dir: Path, events: Any, sentry: Sen
         async with freezewatch.watch("GET /list-users?token=s3cret"):
             with sentry_sdk.start_transaction(name="GET /list-users", op="http.server") as tx:
                 seen["trace"] = (tx.trace_id, tx.span_id)
-                time.sleep(3.0)  # pin: sentry-block
+                time.sleep(4.0)  # pin: sentry-block
         await asyncio.sleep(0.2)
 
     t = run_in_thread(main, LOOP)
     events.wait("freeze_detected")
-    ((event, attachments),) = wait_for(sentry.events, timeout=2.5)
+    ((event, attachments),) = wait_for(sentry.events, timeout=3.0)
     assert events.named("freeze_ended") == [] and t.is_alive()  # still frozen
     t.join(10)
     ended = events.wait("freeze_ended")
