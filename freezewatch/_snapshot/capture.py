@@ -19,6 +19,7 @@ from . import cpu as _cpu
 from . import frames as _frames
 from .context import task_context
 from .model import Frame, InflightUnit, LoopInfo, Native, Snapshot, TaskGroup, ThreadStack
+from .otel_context import sentry_trace_of_task, span_of_task
 from .tasks import all_tasks, group_tasks, task_chain
 from .threads import thread_stacks
 from .waits import WaitSampler
@@ -76,6 +77,9 @@ def capture(
         chain, _ = _safe(errors, "stalled_task", lambda: task_chain(stalled_task), ((), None))
     subject = stalled_task if stalled_task is not None else current
     context = _safe(errors, "context", lambda: task_context(subject), None)
+    # issue 15 (OTel/Sentry sinks): the trace of the request in flight, if OTel is in use
+    otel_span = _safe(errors, "otel_trace", lambda: span_of_task(subject), None)
+    sentry_span = _safe(errors, "sentry_trace", lambda: sentry_trace_of_task(subject), None)
     skip = {info.thread_id} if info.thread_id is not None else set()
     threads: tuple[ThreadStack, ...] = _safe(
         errors, "threads", lambda: thread_stacks(tops, skip), ()
@@ -92,6 +96,10 @@ def capture(
         doc_extra["await_chain"] = [f.to_json() for f in chain]
     if context is not None:  # Python >= 3.12 with a task: its structlog contextvars
         doc_extra["context"] = context
+    if otel_span is not None:
+        doc_extra["otel_trace"] = {"trace_id": otel_span[0], "span_id": otel_span[1]}
+    if sentry_span is not None:
+        doc_extra["sentry_trace"] = {"trace_id": sentry_span[0], "span_id": sentry_span[1]}
     if kind != "stall":  # a stall's loop is alive: nothing to classify
         doc_extra.update(_safe(errors, "kernel", lambda: _cause.observe(
             info.thread_id, _cpu.native_id_of(info.thread_id), cpu0, loop_frames,
