@@ -16,8 +16,7 @@ from ._events import FreezeEvent
 from ._handle import LoopWatch
 from ._inflight import watch
 from ._install import install, uninstall
-
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
 
 __all__ = [
     "Config",
@@ -34,7 +33,7 @@ def __getattr__(name: str) -> object:
     # `freezewatch.aiohttp.setup(app)` / `freezewatch.asgi.FreezewatchMiddleware`
     # work after a plain `import freezewatch`; the integration (and aiohttp) is
     # imported only when first touched, never at `import freezewatch`.
-    if name in ("aiohttp", "asgi"):
+    if name in ("aiohttp", "asgi", "otel", "sentry"):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from . import _registry, _state
+from . import _registry, _state, otel, sentry
 from ._config import Config, load
 from ._events import FreezeEvent
 from ._handle import LoopWatch
@@ -44,6 +44,13 @@ def install(
             loop = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
+    w = _install(loop, config, hooks)
+    _autodetect_sinks()
+    return w
+
+
+def _install(loop: asyncio.AbstractEventLoop | None, config: Config,
+             hooks: tuple[Any, ...]) -> LoopWatch:
     with _state.lock:
         if loop is not None:
             existing: LoopWatch | None = _state.by_loop.get(loop)
@@ -68,6 +75,19 @@ def install(
         if config.systemd_watchdog and _state.notifier is None:
             _state.notifier = Notifier.from_env()
         return w
+
+
+def _autodetect_sinks() -> None:
+    """The optional sinks turn on by themselves where the application set up
+    OpenTelemetry (a real MeterProvider or LoggerProvider) or initialised
+    Sentry. Neither SDK is imported here: each check is a ``sys.modules`` lookup."""
+    for name, detect in (("otel", otel.autodetect), ("sentry", sentry.autodetect)):
+        try:
+            detect()
+        except Exception as e:  # boundary: an SDK's state; install never fails over it
+            events.emit(FreezeEvent("sink_failed", "*", 0.0,
+                                    reason=f"{name} autodetect: {type(e).__name__}: {e}"),
+                        (), "error")
 
 
 def _ensure_server(config: Config) -> None:

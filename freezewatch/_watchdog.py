@@ -22,7 +22,7 @@ from ._gil import GilLayers
 from ._handle import LoopWatch
 from ._pipeline import Pipeline, emit
 from ._rundelay import RunDelay
-from ._sinks import health, metrics
+from ._sinks import health, metrics, otel
 from ._snapshot.frames import thread_top_frames
 
 THREAD_NAME = "freezewatch-watchdog"
@@ -139,6 +139,7 @@ class Watchdog:
                 w.send()
             elif isinstance(d, _detect.Lag):
                 metrics.lag(w, d.seconds)  # a freeze's full duration is a lag sample too
+                otel.record_lag(w.name, d.seconds)  # a None check unless instrumented
             elif isinstance(d, _detect.Declared):
                 p.declared(w, d, cap)
             elif isinstance(d, _detect.UpdateDue):

@@ -20,6 +20,7 @@ from typing import Any
 from ._sinks import otel as _sink
 from ._sinks import report as _report
 from ._sinks.otel import record_lag, set_blocked_source
+from ._version import __version__
 
 __all__ = ["autodetect", "instrument", "record_lag", "set_blocked_source", "uninstrument"]
 
@@ -31,8 +32,6 @@ def instrument(meter_provider: Any = None, logger_provider: Any = None) -> None:
     (default: the global ones). Again with the same providers: nothing changes
     (instruments are created once per meter); with others: they replace these."""
     global _providers
-    from . import __version__
-
     if _sink._active is not None and _providers == (meter_provider, logger_provider):
         return
 

@@ -27,7 +27,7 @@ _integration_class: type | None = None
 def enable() -> SentrySink:
     """Register the Sentry sink (idempotent); it sends only while a Sentry client
     is active (``sentry_sdk.get_client().is_active()``)."""
-    for s in _report.extra_sinks:
+    for s in _report.sinks():
         if isinstance(s, SentrySink):
             return s
     sink = SentrySink(_rate_window)
@@ -62,7 +62,7 @@ def integration() -> Any:
 
 def autodetect() -> bool:
     """``enable()`` if the application initialised Sentry; True if the sink is on."""
-    if any(isinstance(s, SentrySink) for s in _report.extra_sinks):
+    if any(isinstance(s, SentrySink) for s in _report.sinks()):
         return True
     sdk = sys.modules.get("sentry_sdk")
     if sdk is None or not sdk.get_client().is_active():

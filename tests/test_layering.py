@@ -19,14 +19,17 @@ LAYERS: list[set[str]] = [
     # 0: pure data, the detector, the global state department, standalone programs
     {"_state", "_events", "_config", "_detect", "_decisions", "_snapshot", "_snapshot.model",
      "_rundelay", "_selector", "_sentinel_main", "_cli_errors", "_cli_color", "_boot", "_sinks",
-     "_snapshot.cpu", "_snapshot.context", "_snapshot.render", "_snapshot.procview"},
+     "_version",
+     "_snapshot.cpu", "_snapshot.context", "_snapshot.render", "_snapshot.procview",
+     "_sinks.scrub"},
     # 1: capture (reads frames, tasks, /proc), units of work in flight
     {"_snapshot.frames", "_snapshot.tasks", "_snapshot.threads", "_snapshot.waits",
      "_snapshot.native", "_snapshot.gcwatch", "_snapshot.cause", "_snapshot.capture",
-     "_inflight", "_allow"},
+     "_snapshot.otel_context", "_inflight", "_allow"},
     # 2: the sinks and services; the layers outside the GIL
     {"_sinks.report", "_sinks.log", "_sinks.metrics", "_sinks.health", "_sinks.serve",
-     "_sinks.sdnotify", "_sinks.dumpfile", "_sinks.retention", "_faulthandler", "_sentinel"},
+     "_sinks.sdnotify", "_sinks.dumpfile", "_sinks.retention", "_sinks.otel", "_sinks.sentry",
+     "_faulthandler", "_sentinel"},
     # 3: what the handle and the watchdog share
     {"_gil", "_registry"},
     # 4: the handle
@@ -38,7 +41,7 @@ LAYERS: list[set[str]] = [
     # 7: the thread
     {"_watchdog"},
     # 8: install/uninstall
-    {"_install"},
+    {"_install", "otel", "sentry"},
     # 9: the public surface and the tools built on it
     {"__init__", "__main__", "_autostart", "_runcmd", "_boot.sitecustomize", "aiohttp", "asgi",
      "pytest_plugin", "cli", "_cli_report"},
@@ -49,8 +52,8 @@ THIRD_PARTY_HOMES = {
     "prometheus_client": {"_sinks.metrics", "_sinks.serve", "_install"},
     "aiohttp": {"aiohttp"},
     "pytest": {"pytest_plugin"},
-    "opentelemetry": set(),
-    "sentry_sdk": set(),
+    "opentelemetry": {"_sinks.otel", "_snapshot.otel_context", "otel"},
+    "sentry_sdk": {"_sinks.sentry", "sentry"},
 }
 """Where each optional dependency may be imported (``_install`` only marks a
 process dead in prometheus-client's multiprocess directory at exit)."""

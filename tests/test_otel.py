@@ -348,10 +348,10 @@ def test_end_record_joins_its_freeze_by_freeze_id(memory: Any) -> None:
     """freeze_id, when the pipeline gives one, pairs a freeze_ended with its detection
     (here two freezes of one loop, ended in the other order, dumps unknown)."""
     from freezewatch._events import FreezeEvent
-    from freezewatch._sinks.report import Report, extra_sinks
+    from freezewatch._sinks.report import Report, sinks
 
     _, exporter = memory
-    sink = next(s for s in extra_sinks if s.name == "otel")
+    sink = next(s for s in sinks() if s.name == "otel")
     a, b = {"trace_id": "1" * 32, "span_id": "2" * 16}, {"trace_id": "3" * 32, "span_id": "4" * 16}
     for fid, trace in ((1, a), (2, b)):
         sink.deliver(Report(FreezeEvent("freeze_detected", LOOP, 1.0), _snapshot(trace), fid))

@@ -168,7 +168,7 @@ def test_fifty_freezes_at_one_line_are_rate_limited(dump_dir: Path, events: Any,
     sentry_sdk.flush(5)
     assert len(sentry.of_kind("freeze")) == 1
     assert len(sentry.of_kind("freeze-ended")) == 1
-    (sink,) = [s for s in freezewatch.sentry._report.extra_sinks if isinstance(s, SentrySink)]
+    (sink,) = [s for s in freezewatch.sentry._report.sinks() if isinstance(s, SentrySink)]
     assert sink.rate_limited == len(detected) - 1
 
 
@@ -229,10 +229,10 @@ INTEGRATION = """
 import sentry_sdk, freezewatch.sentry
 from freezewatch._sinks import report
 assert freezewatch.sentry.autodetect() is False, "Sentry not initialised: off"
-assert report.extra_sinks == []
+assert report.sinks() == []
 sentry_sdk.init(dsn="http://public@127.0.0.1:9/1", default_integrations=False,
                 integrations=[freezewatch.sentry.integration()])
-print([s.name for s in report.extra_sinks], freezewatch.sentry.autodetect())
+print([s.name for s in report.sinks()], freezewatch.sentry.autodetect())
 """
 
 
