@@ -161,7 +161,7 @@ def _silence_stdout() -> None:
 
 # -- run ----------------------------------------------------------------------
 def _run(args: argparse.Namespace) -> int:
-    from . import _config, _runcmd
+    from . import _runcmd
 
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
@@ -171,8 +171,9 @@ def _run(args: argparse.Namespace) -> int:
                        EXIT_USAGE)
     env = _runcmd.child_environ(os.environ, threshold=args.threshold, dump_dir=args.dump_dir,
                                 metrics_port=args.metrics_port)
-    try:
-        _config.load({}, env)  # bad settings fail here, once, not in every child
+    try:  # bad settings fail here, once, not in every child; a bad option is named
+        _runcmd.check_settings(env, {"threshold": args.threshold, "dump_dir": args.dump_dir,
+                                     "metrics_port": args.metrics_port})
     except (ValueError, TypeError) as e:
         raise CliError(str(e), EXIT_USAGE) from None
     try:
