@@ -40,6 +40,7 @@ SHOW_EXAMPLES = """\
 examples:
   freezewatch show freezewatch-dumps/freeze-20250101T120000Z-4242-0001.json
   freezewatch show --no-color DUMP.json | less
+  PAGER='less -S' freezewatch show DUMP.json    # on a terminal it pages: $PAGER, else less
 """
 REPORT_EXAMPLES = """\
 examples:
@@ -105,6 +106,8 @@ def _parser() -> _Parser:
                         help="never colour (also: NO_COLOR set, or output not a terminal)")
     colour.add_argument("--color", dest="color", action="store_const", const="always",
                         help="colour even when the output is not a terminal")
+    show.add_argument("--no-pager", dest="pager", action="store_false",
+                      help="do not page on a terminal (default: $PAGER, else less, as git)")
 
     rep = sub.add_parser("report", help="which lines cost the most time, from a dump directory",
                          description="Group the freezes and stalls in DIR by the line they "
@@ -211,14 +214,14 @@ def load_dump(path: str) -> dict[str, Any]:
 
 def _show(args: argparse.Namespace) -> int:
     from ._cli_color import colorize, want_color
+    from ._pager import page
     from ._snapshot.render import render
 
     doc = load_dump(args.file)
     text = render(doc)
     if want_color(args.color, sys.stdout):
         text = colorize(text, doc)
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    page(text, enabled=args.pager)  # $PAGER (else less) when stdout is a terminal
     return 0
 
 
