@@ -125,10 +125,8 @@ def _logger() -> Any:
     if std.hasHandlers() or err is None:  # no stderr (pythonw): logging's lastResort copes
         # The application uses the standard logging module: its handlers,
         # format and level apply. The message is the event and its fields.
-        return structlog.wrap_logger(
-            std, processors=[structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0)],
-            wrapper_class=structlog.BoundLogger,
-        )
+        return structlog.wrap_logger(std, processors=[_plain],
+                                     wrapper_class=structlog.BoundLogger)
     colors = bool(getattr(err, "isatty", lambda: False)()) and "NO_COLOR" not in os.environ
     return structlog.wrap_logger(
         structlog.PrintLogger(err),
@@ -140,3 +138,14 @@ def _logger() -> Any:
         ],
         wrapper_class=structlog.BoundLogger,
     )
+
+
+def _plain(_logger: Any, _method: str, event_dict: dict[str, Any]) -> str:
+    """``freeze_detected key=value ...`` for a stdlib logging message (its
+    handler adds the time and level)."""
+    event = event_dict.pop("event", "")
+    parts = [str(event)]
+    for key, value in sorted(event_dict.items()):
+        text = str(value)
+        parts.append(f"{key}={text!r}" if not text or " " in text else f"{key}={text}")
+    return " ".join(parts)
