@@ -25,7 +25,7 @@ import os
 import queue
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from .._events import FreezeEvent
@@ -140,7 +140,7 @@ def _logger() -> Any:
     )
 
 
-def _plain(_logger: Any, _method: str, event_dict: dict[str, Any]) -> str:
+def _plain(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> str:
     """``freeze_detected key=value ...`` for a stdlib logging message (its
     handler adds the time and level)."""
     event = event_dict.pop("event", "")
