@@ -3,11 +3,12 @@
 #   make test   - the test suite
 #   make lint   - ruff + mypy
 #   make bench  - overhead, idle cost, detection latency, capture cost
+#   make dist   - sdist and wheel in dist/, checked by twine
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint bench dist venv clean
 
 venv: $(VENV)/.installed
 
@@ -30,5 +31,10 @@ lint: venv
 bench: venv
 	$(PY) scripts/bench.py $(BENCH_ARGS)
 
+dist: venv
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	$(PY) -m twine check --strict dist/*
+
 clean:
-	rm -rf $(VENV) .venv-* freezewatch-dumps build *.egg-info
+	rm -rf $(VENV) .venv-* freezewatch-dumps build dist *.egg-info

@@ -22,7 +22,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
-from . import _boot
+from . import _boot, _config
 from ._autostart import ENV as AUTOSTART_ENV
 from ._config import DEFAULT_DUMP_DIR, ENV_PREFIX
 
@@ -48,6 +48,25 @@ def child_environ(
     rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != BOOT_DIR]
     env["PYTHONPATH"] = os.pathsep.join([BOOT_DIR, *rest])
     return env
+
+
+FLAGS = {"threshold": "--threshold", "dump_dir": "--dump-dir", "metrics_port": "--metrics-port"}
+"""The settings ``run`` takes as options, and each option's name."""
+
+
+def check_settings(env: Mapping[str, str], flags: Mapping[str, str | None]) -> None:
+    """Validate the command's settings once, before it starts; ValueError (or
+    TypeError) naming the option, not its environment variable, when the bad
+    value came from an option of ``run`` (``flags``: setting -> value given)."""
+    try:
+        _config.load({}, env)
+    except (ValueError, TypeError) as e:
+        message = str(e)
+        for name, value in flags.items():
+            if value is not None:
+                env_name = f"{ENV_PREFIX}{name.upper()} environment variable"
+                message = message.replace(f"from {env_name}", f"from {FLAGS[name]}")
+        raise type(e)(message) from None
 
 
 def execute(cmd: Sequence[str], env: Mapping[str, str]) -> int:

@@ -37,6 +37,7 @@ SHOW_EXAMPLES = """\
 examples:
   freezewatch show freezewatch-dumps/freeze-20250101T120000Z-4242-0001.json
   freezewatch show --no-color DUMP.json | less
+  PAGER='less -S' freezewatch show DUMP.json    # on a terminal it pages: $PAGER, else less
 """
 REPORT_EXAMPLES = """\
 examples:
@@ -94,6 +95,8 @@ def _parser() -> _Parser:
                         help="never colour (also: NO_COLOR set, or output not a terminal)")
     colour.add_argument("--color", dest="color", action="store_const", const="always",
                         help="colour even when the output is not a terminal")
+    show.add_argument("--no-pager", dest="pager", action="store_false",
+                      help="do not page on a terminal (default: $PAGER, else less, as git)")
 
     rep = sub.add_parser("report", help="which lines cost the most time, from a dump directory",
                          description="Group the freezes and stalls in DIR by the line they "
@@ -150,7 +153,7 @@ def _silence_stdout() -> None:
 
 # -- run ----------------------------------------------------------------------
 def _run(args: argparse.Namespace) -> int:
-    from . import _config, _runcmd
+    from . import _runcmd
 
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
@@ -160,8 +163,9 @@ def _run(args: argparse.Namespace) -> int:
                        EXIT_USAGE)
     env = _runcmd.child_environ(os.environ, threshold=args.threshold, dump_dir=args.dump_dir,
                                 metrics_port=args.metrics_port)
-    try:
-        _config.load({}, env)  # bad settings fail here, once, not in every child
+    try:  # bad settings fail here, once, not in every child; a bad option is named
+        _runcmd.check_settings(env, {"threshold": args.threshold, "dump_dir": args.dump_dir,
+                                     "metrics_port": args.metrics_port})
     except (ValueError, TypeError) as e:
         raise CliError(str(e), EXIT_USAGE) from None
     try:
@@ -199,14 +203,14 @@ def load_dump(path: str) -> dict[str, Any]:
 
 def _show(args: argparse.Namespace) -> int:
     from ._cli_color import colorize, want_color
+    from ._pager import page
     from ._snapshot.render import render
 
     doc = load_dump(args.file)
     text = render(doc)
     if want_color(args.color, sys.stdout):
         text = colorize(text, doc)
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    page(text, enabled=args.pager)  # $PAGER (else less) when stdout is a terminal
     return 0
 
 

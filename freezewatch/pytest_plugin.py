@@ -6,6 +6,10 @@ run of every project that installs freezewatch, and is inert unless asked:
 ini option ``freezewatch = 0.1``. ``@pytest.mark.freezewatch(threshold=2.0)``
 raises the threshold for one test, ``enabled=False`` turns it off there,
 ``enabled=True`` turns it on there even when the run does not ask for it.
+The marker works on a class or a module too (``pytestmark =
+pytest.mark.freezewatch(enabled=False)``): the closest one to the test wins.
+The ini option ``freezewatch_exempt`` lists node id prefixes (a directory,
+a file, a class) whose tests are not checked unless a marker turns them on.
 
 How the test's loop is watched: before each test phase (setup, call,
 teardown) the plugin calls ``freezewatch.install()`` with no loop, which
@@ -38,6 +42,10 @@ HELP = (
     "fail a test during which an event loop was blocked longer than THRESHOLD "
     f"seconds (bare --freezewatch: {DEFAULT_THRESHOLD:g}; 0 or 'off': off)"
 )
+EXEMPT_HELP = (
+    "node id prefixes, one a line, whose tests freezewatch does not check unless a "
+    "marker turns them on (e.g. tests/legacy/, tests/test_sync.py::TestBlocking)"
+)
 MAX_FREEZES_SHOWN = 3
 MAX_STACK_SHOWN = 25
 _OFF = {"0", "off", "false", "no", ""}
@@ -46,6 +54,7 @@ _ON = {"on", "true", "yes"}
 _threshold_key = pytest.StashKey[float | None]()
 _dump_dir_key = pytest.StashKey[str]()
 _item_threshold_key = pytest.StashKey[float | None]()
+_exempt_key = pytest.StashKey[tuple[str, ...]]()
 
 
 def _parse_threshold(value: object, where: str) -> float | None:
@@ -86,6 +95,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None, type=_cli_threshold, metavar="THRESHOLD", dest="freezewatch", help=HELP,
     )
     parser.addini("freezewatch", HELP, default="")
+    parser.addini("freezewatch_exempt", EXEMPT_HELP, type="linelist", default=[])
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -106,6 +116,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if threshold is not None and _wrapper is None:
         raise pytest.UsageError("freezewatch's pytest plugin needs pluggy >= 1.2 (pytest >= 8)")
     config.stash[_threshold_key] = threshold
+    config.stash[_exempt_key] = tuple(p.strip() for p in config.getini("freezewatch_exempt")
+                                      if p.strip())
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -115,9 +127,23 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     return f"freezewatch: a test fails if an event loop is blocked > {threshold:g} s"
 
 
+def _exempt(nodeid: str, prefixes: tuple[str, ...]) -> bool:
+    """``nodeid`` lies under one of ``prefixes`` (whole path parts and names only:
+    ``tests/test_a.py`` covers ``tests/test_a.py::test_x``, not ``tests/test_ab.py``)."""
+    for p in prefixes:
+        if nodeid == p or (nodeid.startswith(p) and (
+                p.endswith(("/", "::")) or nodeid[len(p)] in "/:[")):
+            return True
+    return False
+
+
 def _threshold_for(item: pytest.Item) -> float | None:
-    """The threshold in force for ``item`` (None: not watched); marker beats run."""
-    base = item.config.stash.get(_threshold_key, None)
+    """The threshold in force for ``item`` (None: not watched). The closest marker
+    (test, class, module) decides; ``freezewatch_exempt`` turns the run's setting
+    off for the tests it lists, which only a marker's ``enabled=True`` turns on."""
+    run = base = item.config.stash.get(_threshold_key, None)
+    if base is not None and _exempt(item.nodeid, item.config.stash.get(_exempt_key, ())):
+        base = None
     mark = item.get_closest_marker("freezewatch")
     if mark is None:
         return base
@@ -134,7 +160,7 @@ def _threshold_for(item: pytest.Item) -> float | None:
     if enabled is False or (raw is not None and threshold is None):
         return None
     if enabled is True:
-        return threshold or base or DEFAULT_THRESHOLD
+        return threshold or run or DEFAULT_THRESHOLD
     if base is None:
         return None
     return threshold or base

@@ -228,7 +228,13 @@ def test_run_chains_an_existing_sitecustomize(tmp_path: Path) -> None:
     (["run", "--"], 2, "no command to run"),
     (["run", "--", "no-such-command-fw"], 127, "command not found: no-such-command-fw"),
     (["run", "--threshold", "-1", "--", "true"], 2,
-     "threshold must be > 0, got '-1' from FREEZEWATCH_THRESHOLD environment variable"),
+     "threshold must be > 0, got '-1' from --threshold"),
+    (["run", "--threshold", "abc", "--", "true"], 2,
+     "threshold must be a number, got 'abc' from --threshold"),
+    (["run", "--metrics-port", "http", "--", "true"], 2,
+     "metrics_port must be a number, got 'http' from --metrics-port"),
+    (["run", "--dump-dir", "/proc/no/such", "--", "true"], 2,
+     "(from --dump-dir) cannot be created or written"),
     (["run", "--bogus", "--", "true"], 2, "unrecognized arguments: --bogus"),
     (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
 ])
@@ -240,6 +246,13 @@ def test_run_errors_are_one_line(args: list[str], status: int, message: str,
     assert len(proc.stderr.splitlines()) == 1, proc.stderr
     assert message in proc.stderr
     assert proc.stderr.startswith("freezewatch")
+
+
+def test_run_blames_the_environment_variable_when_no_option_was_given(tmp_path: Path) -> None:
+    """A bad FREEZEWATCH_THRESHOLD with no --threshold is still blamed on the variable."""
+    proc = _run("run", "--", "true", cwd=tmp_path, env=_env(FREEZEWATCH_THRESHOLD="abc"))
+    assert proc.returncode == 2
+    assert "got 'abc' from FREEZEWATCH_THRESHOLD environment variable" in proc.stderr
 
 
 def test_help_has_examples_for_every_command() -> None:

@@ -121,7 +121,7 @@ def test_show_prints_the_report_plain_when_piped(dumps: Dumps) -> None:
 def _on_a_tty(*args: str, env: dict[str, str] | None = None) -> str:
     """Run the CLI with a real pseudo-terminal as its stdout; return what it wrote."""
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([str(BIN), *args], env=env or _env(TERM="xterm"),
+    proc = subprocess.Popen([str(BIN), *args], env=env or _env(TERM="xterm", PAGER="cat"),
                             stdout=follower, stderr=subprocess.DEVNULL)
     os.close(follower)
     chunks = []
@@ -146,7 +146,8 @@ def test_show_colours_on_a_terminal(dumps: Dumps) -> None:
     assert "\033[1m\033[31mFREEZE: event loop" in out
     assert "\033[1mBlocked at:\033[0m\033[1m\033[33m" in out
     assert "\033[" not in _on_a_tty("show", "--no-color", path)
-    assert "\033[" not in _on_a_tty("show", path, env=_env(TERM="xterm", NO_COLOR="1"))
+    assert "\033[" not in _on_a_tty("show", path, env=_env(TERM="xterm", NO_COLOR="1",
+                                                            PAGER="cat"))
 
 
 def test_show_stall(dumps: Dumps) -> None:

@@ -262,7 +262,11 @@ def test_loop_stopped_then_closed_with_beat_pending(loop_factory: LoopFactory, d
 
 
 _EXIT_SCRIPT = """
-import asyncio, time, freezewatch
+import asyncio, sys, time, freezewatch, structlog
+
+# The application's own log setup (to stdout): stderr then holds only what
+# freezewatch would print by itself at exit, which must be nothing.
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stdout))
 
 freezewatch.install(threshold=0.3, interval=0.05, dump_dir={dump_dir!r}, native=False)
 

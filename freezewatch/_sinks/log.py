@@ -5,15 +5,27 @@ thread that froze (a full stderr pipe, a handler lock held mid-write). Events
 go through a SimpleQueue (put() never blocks on a Python-level lock) to the
 ``freezewatch-events`` thread, which calls structlog and the hooks. If that
 thread is stuck, the watchdog goes on detecting and writing dumps.
+
+Where events go: through structlog when the application configured it;
+otherwise through the standard ``logging`` module (logger ``freezewatch``)
+when logging has handlers; otherwise to stderr in structlog's console format.
+Never to stdout: stdout belongs to the program (``freezewatch run -- tool >
+out.json`` must leave ``out.json`` as the tool wrote it). structlog's own
+default, a ``PrintLogger`` on stdout, is what an unconfigured structlog would
+do, so freezewatch does not leave the choice to it. Decided per event: an
+application that configures logging after install() is followed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
+import os
 import queue
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from .._events import FreezeEvent
@@ -50,9 +62,6 @@ class EventSink:
                 self._thread.start()
 
     def _run(self) -> None:
-        import structlog  # imported here only: the log sink is structlog's one user
-
-        log = structlog.get_logger("freezewatch")
         while True:
             item = self._q.get()
             if item is _STOP:
@@ -61,6 +70,7 @@ class EventSink:
                 item.set()
                 continue
             event, hooks, level, rep = item
+            log = _logger()
             try:
                 getattr(log, level)(event.event, **_log_fields(event))
             except Exception:  # boundary: the application's logging config
@@ -114,3 +124,41 @@ def _log_fields(event: FreezeEvent) -> dict[str, object]:
 
 
 events = EventSink()
+
+
+def _logger() -> Any:
+    """The logger for one event: the application's structlog configuration,
+    else stdlib logging when it has handlers, else stderr (never stdout)."""
+    import structlog  # imported here only: the log sink is structlog's one user
+
+    if structlog.is_configured():
+        return structlog.get_logger("freezewatch")
+    std = logging.getLogger("freezewatch")
+    err = sys.stderr
+    if std.hasHandlers() or err is None:  # no stderr (pythonw): logging's lastResort copes
+        # The application uses the standard logging module: its handlers,
+        # format and level apply. The message is the event and its fields.
+        return structlog.wrap_logger(std, processors=[_plain],
+                                     wrapper_class=structlog.BoundLogger)
+    colors = bool(getattr(err, "isatty", lambda: False)()) and "NO_COLOR" not in os.environ
+    return structlog.wrap_logger(
+        structlog.PrintLogger(err),
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False),
+            structlog.dev.ConsoleRenderer(colors=colors),
+        ],
+        wrapper_class=structlog.BoundLogger,
+    )
+
+
+def _plain(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> str:
+    """``freeze_detected key=value ...`` for a stdlib logging message (its
+    handler adds the time and level)."""
+    event = event_dict.pop("event", "")
+    parts = [str(event)]
+    for key, value in sorted(event_dict.items()):
+        text = str(value)
+        parts.append(f"{key}={text!r}" if not text or " " in text else f"{key}={text}")
+    return " ".join(parts)
