@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     # 0: pure data, the detector, the global state department, standalone programs
     {"_state", "_events", "_config", "_detect", "_decisions", "_snapshot", "_snapshot.model",
      "_rundelay", "_selector", "_sentinel_main", "_cli_errors", "_cli_color", "_boot", "_sinks",
-     "_version",
+     "_version", "_pager",
      "_snapshot.cpu", "_snapshot.context", "_snapshot.render", "_snapshot.procview",
      "_sinks.scrub"},
     # 1: capture (reads frames, tasks, /proc), units of work in flight
