@@ -61,7 +61,9 @@ details[open] > summary.row { background: #eef4fb; }
 details[open] .rank::before { content: "\\25BE"; }
 .sig { min-width: 0; }
 .sig b { font-weight: 600; }
-.sig .via { display: block; font-size: 12px; color: var(--dim); }
+.sig > .path, .sig .via { display: block; white-space: nowrap; overflow: hidden;
+  text-overflow: ellipsis; }
+.sig .via { font-size: 12px; color: var(--dim); }
 .sig .code { display: block; color: #344054; white-space: nowrap; overflow: hidden;
   text-overflow: ellipsis; }
 .pill { display: inline-block; padding: 1px 8px; border-radius: 999px; font-size: 12px;

@@ -49,7 +49,7 @@ class Mark:
     kind: str
     rank: int  # the signature's place in the ranking, 1-based
     count: int = 1
-    causes: Counter[str] = dataclasses.field(default_factory=Counter)  # seconds, when merged
+    causes: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds, when merged
 
     @property
     def end(self) -> float:
@@ -132,18 +132,18 @@ def _merge(marks: Sequence[Mark], lanes: dict[tuple[str, str, str], int], lo: fl
         g = merged.get(key)
         if g is None:
             merged[key] = Mark(m.lane, m.start, m.seconds, m.cause, m.unfinished, m.kind,
-                               m.rank, 1, Counter({m.cause: m.seconds}))
+                               m.rank, 1, {m.cause: m.seconds})
             continue
         end = max(g.end, m.end)
         g.start = min(g.start, m.start)
         g.seconds = end - g.start
         g.count += 1
         g.unfinished |= m.unfinished
-        g.causes[m.cause] += m.seconds  # type: ignore[assignment]
-        if m.seconds > 0 and g.rank != m.rank and m.seconds >= g.causes.total() / 2:
-            g.rank = m.rank
+        g.causes[m.cause] = g.causes.get(m.cause, 0.0) + m.seconds
+        if m.seconds > 0 and g.rank != m.rank and m.seconds >= sum(g.causes.values()) / 2:
+            g.rank = m.rank  # the tooltip names the signature of the longest
     for g in merged.values():
-        g.cause = g.causes.most_common(1)[0][0]
+        g.cause = max(g.causes.items(), key=lambda kv: kv[1])[0]
     return list(merged.values())
 
 
@@ -230,7 +230,8 @@ def _mark(m: Mark, lane: int, lo: float, scale: float, longest: float,
 def _tooltip(m: Mark, labels: dict[int, str]) -> str:
     where = labels.get(m.rank, "")
     if m.count > 1:
-        causes = ", ".join(f"{c} {dur(s)}" for c, s in m.causes.most_common(3))
+        top = sorted(m.causes.items(), key=lambda kv: -kv[1])[:3]
+        causes = ", ".join(f"{c} {dur(s)}" for c, s in top)
         lines = [f"{m.count:,} freezes and stalls over {dur(m.seconds)} ({causes})",
                  f"{when(m.start)} \u2013 {when(m.end)}", f"mostly #{m.rank} {where}"]
     else:

@@ -147,9 +147,7 @@ def _ranking(result: Result, seen: Collector, groups: list[Group], same_day: boo
         plus = '<span class="plus" title="at least: some had not ended">+</span>' \
             if g.unfinished else ""
         code = f'<code class="code">{esc(g.code, 200)}</code>' if g.code else ""
-        app = g.app_lines.most_common(1)
-        via = (f'<span class="via">from <span class="path">{esc(_short(app[0][0]), 200)}'
-               "</span></span>" if app else "")
+        via = _via(g)
         row = (f'<summary class="row"><span class="rank">{i}</span>'
                f'<span class="sig"><b>{esc(g.function, 120)}</b> '
                f'<span class="path" title="{esc(g.file, 1000)}">{esc(_short(g.file), 200)}:'
@@ -163,8 +161,8 @@ def _ranking(result: Result, seen: Collector, groups: list[Group], same_day: boo
                f'<span title="{esc(when(g.last))}">{esc(short_when(g.last, same_day))}</span>'
                f'<span class="share"><span class="bar"><i style="width:{share:.1f}%"></i>'
                f"</span>{share:.0f}%</span></summary>")
-        out.append(f'<details class="sig-row" id="sig-{i}">{row}<div class="detail">'
-                   f"{_detail(g, seen)}</div></details>")
+        out.append(f'<details class="sig-row" id="sig-{i}" data-total="{g.total:.3f}">{row}'
+                   f'<div class="detail">{_detail(g, seen)}</div></details>')
     rest = result.groups[len(groups):]
     if rest:
         lost = sum(g.total for g in rest)
@@ -177,9 +175,19 @@ def _ranking(result: Result, seen: Collector, groups: list[Group], same_day: boo
     return "".join(out)
 
 
-def _short(path: str, keep: int = 3) -> str:
+def _via(g: Group) -> str:
+    """``from fetch_users  list_users_hang.py:40``: the application line that led there most."""
+    app = g.app_lines.most_common(1)
+    if not app:
+        return ""
+    place, _, function = app[0][0].rpartition(" in ")
+    return (f'<span class="via" title="{esc(app[0][0], 1000)}">from <b>{esc(function, 120)}</b> '
+            f'<span class="path">{esc(os.path.basename(place), 200)}</span></span>')
+
+
+def _short(path: str, keep: int = 2) -> str:
     """A long path as its last ``keep`` parts (the full one is in the title and the detail)."""
-    if len(path) <= 48:
+    if len(path) <= 32:
         return path
     parts = path.split("/")
     return "\u2026/" + "/".join(parts[-keep:]) if len(parts) > keep else path
