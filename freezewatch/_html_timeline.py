@@ -92,7 +92,7 @@ def build(marks: Sequence[Mark], labels: dict[int, str]) -> Timeline:
         notes.append(f"{plural(len(shown), 'freeze or stall', 'freezes and stalls')} are drawn "
                      f"as {len(drawn):,} marks: those of one lane within "
                      f"{dur(slice_px / scale)} of each other share a mark (hover for counts).")
-    longest = max(m.seconds for m in drawn) or 1.0
+    longest = max(_lost(m) for m in drawn) or 1.0
     height = AXIS_H + LANE_H * len(set(lanes.values())) + 6
     out = [f'<svg class="timeline" viewBox="0 0 {WIDTH} {height}" role="img" '
            f'aria-label="timeline of freezes and stalls" xmlns="http://www.w3.org/2000/svg">',
@@ -127,12 +127,14 @@ def _lanes(marks: Sequence[Mark]) -> tuple[dict[tuple[str, str, str], int], str]
 def _merge(marks: Sequence[Mark], lanes: dict[tuple[str, str, str], int], lo: float,
            scale: float, slice_px: float) -> list[Mark]:
     merged: dict[tuple[int, int], Mark] = {}
+    longest: dict[tuple[int, int], float] = {}
     for m in marks:
         key = (lanes[m.lane], int((m.start - lo) * scale / slice_px))
         g = merged.get(key)
         if g is None:
             merged[key] = Mark(m.lane, m.start, m.seconds, m.cause, m.unfinished, m.kind,
                                m.rank, 1, {m.cause: m.seconds})
+            longest[key] = m.seconds
             continue
         end = max(g.end, m.end)
         g.start = min(g.start, m.start)
@@ -140,8 +142,8 @@ def _merge(marks: Sequence[Mark], lanes: dict[tuple[str, str, str], int], lo: fl
         g.count += 1
         g.unfinished |= m.unfinished
         g.causes[m.cause] = g.causes.get(m.cause, 0.0) + m.seconds
-        if m.seconds > 0 and g.rank != m.rank and m.seconds >= sum(g.causes.values()) / 2:
-            g.rank = m.rank  # the tooltip names the signature of the longest
+        if m.seconds > longest[key]:  # the tooltip names the signature of the longest
+            g.rank, longest[key] = m.rank, m.seconds
     for g in merged.values():
         g.cause = max(g.causes.items(), key=lambda kv: kv[1])[0]
     return list(merged.values())
@@ -209,11 +211,17 @@ def _label(key: tuple[str, str, str], with_host: bool) -> str:
     return f"{host} \u00b7 pid {pid} \u00b7 {loop}" if with_host else f"pid {pid} \u00b7 {loop}"
 
 
+def _lost(m: Mark) -> float:
+    """Time lost in a mark: its duration, or the sum of those it merged (its width is their
+    span, its height what they cost)."""
+    return sum(m.causes.values()) if m.count > 1 else m.seconds
+
+
 def _mark(m: Mark, lane: int, lo: float, scale: float, longest: float,
           labels: dict[int, str]) -> str:
     x = LABEL_W + (m.start - lo) * scale
     w = max(min(m.seconds * scale, LABEL_W + PLOT_W - x), MIN_MARK_W)
-    share = math.log1p(max(m.seconds, 0.0)) / math.log1p(longest) if longest > 0 else 1.0
+    share = math.log1p(max(_lost(m), 0.0)) / math.log1p(longest) if longest > 0 else 1.0
     h = (LANE_H - 8) * (0.35 + 0.65 * min(max(share, 0.0), 1.0))
     y = AXIS_H + lane * LANE_H + (LANE_H - h) / 2
     colour_i = list(CAUSE_COLOURS).index(m.cause) if m.cause in CAUSE_COLOURS else -1
@@ -232,8 +240,8 @@ def _tooltip(m: Mark, labels: dict[int, str]) -> str:
     if m.count > 1:
         top = sorted(m.causes.items(), key=lambda kv: -kv[1])[:3]
         causes = ", ".join(f"{c} {dur(s)}" for c, s in top)
-        lines = [f"{m.count:,} freezes and stalls over {dur(m.seconds)} ({causes})",
-                 f"{when(m.start)} \u2013 {when(m.end)}", f"mostly #{m.rank} {where}"]
+        lines = [f"{m.count:,} freezes and stalls, {dur(_lost(m))} lost ({causes})",
+                 f"{when(m.start)} \u2013 {when(m.end)}", f"longest: #{m.rank} {where}"]
     else:
         word = "stall" if m.kind == "stall" else "freeze"
         more = " (at least: unfinished)" if m.unfinished else ""

@@ -291,7 +291,8 @@ def test_hostile_and_broken_files_are_skipped_with_a_note(
                                 {"await_chain": [5, None, {"file": 1}], "state": {}}],
                threads=[], inflight=[
         1, {"name": {"nested": "<b>"}, "age": "old"}], cause=["not", "a", "string"],
-        waits_for=[], request="GET /", loop={"name": 5, "thread_id": 1, "thread_name": None})
+        waits_for=[], request="GET /", loop={"name": 5, "thread_id": 1, "thread_name": None},
+        detected_at=1e12, hostname="<script>alert(2)</script>")  # the year 33658
     odd_path = d / "freeze-20250101T000003Z-4242-0004.json"
     odd_path.write_text(json.dumps(odd))
     odd_path.chmod(0o600)
@@ -303,7 +304,8 @@ def test_hostile_and_broken_files_are_skipped_with_a_note(
     assert proc.stderr.count("warning: skipped") == 3
     html = out.read_text(encoding="utf-8")
     assert "\x1b" not in html and "\u202e" not in html and "\r" not in html
-    assert "evil\\x1b[31m\\u202etxt.exe" in html
+    assert "evil\\x1b[31m\\u202etxt.exe" in html and "<script>" not in html
+    assert "1 dump with an implausible time (before 2000 or after 2100)" in html
     _open(chrome, out)
     skipped = chrome.find_element(By.CSS_SELECTOR, "ul.skipped").text
     for n in ("0001", "0002", "0003"):
