@@ -19,10 +19,12 @@ from __future__ import annotations
 import calendar
 import dataclasses
 import datetime
+import errno
 import json
 import math
 import os
 import re
+import stat
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -239,6 +241,16 @@ def _frame_where(f: Any) -> str | None:
     return f"{f.get('file')}:{f.get('line')} in {f.get('function')}"
 
 
+def _read_file(path: str) -> bytes:
+    """A regular file's bytes; OSError for anything else planted under a dump's name (a FIFO
+    would block the report forever, a link to /dev/zero would never end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return f.read()
+
+
 def _check(doc: Any) -> str | None:
     """Why ``doc`` cannot be counted, or None."""
     if not isinstance(doc, dict):
@@ -285,8 +297,7 @@ def scan(directory: str, since: float | None, warn: Callable[[str], None],
                 continue  # older than --since: not even opened
         path = os.path.join(directory, name)
         try:
-            with open(path, "rb") as f:
-                doc = json.loads(f.read())
+            doc = json.loads(_read_file(path))
         except (OSError, ValueError) as e:
             reason = getattr(e, "strerror", None) or str(e)
             result.skipped.append((name, f"unreadable: {reason}"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from typing import Any
 
 from ._html_text import dur, esc, when
@@ -25,7 +26,10 @@ _STDLIB_MARKS = ("/lib/python3", "/site-packages/", "/dist-packages/", "<frozen 
 
 def read(path: str) -> dict[str, Any]:
     """The dump at ``path`` (ValueError/OSError when it cannot be one)."""
-    with open(path, "rb") as f:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped for a FIFO since the scan
+            raise ValueError("not a regular file")
         data = f.read(MAX_DUMP_BYTES + 1)
     if len(data) > MAX_DUMP_BYTES:
         raise ValueError(f"larger than {MAX_DUMP_BYTES // 1_000_000} MB")

@@ -278,7 +278,8 @@ def test_hostile_and_broken_files_are_skipped_with_a_note(
 
     d = _copy(dumps.dir, tmp_path / "dumps")
     real = next(n for n, x in dumps.docs.items() if x["kind"] == "freeze")
-    # Deliberately NOT dumps (no contract check): a cut file, a list, an unknown kind.
+    # Deliberately NOT dumps (no contract check): a cut file, a list, an unknown kind, a FIFO
+    # and a link to a device.
     (d / "freeze-20250101T000000Z-1-0001.json").write_text((d / real).read_text()[:300])
     (d / "freeze-20250101T000001Z-1-0002.json").write_text("[1, 2]")
     (d / "freeze-20250101T000002Z-1-0003.json").write_text('{"kind": "meltdown"}')
@@ -293,6 +294,8 @@ def test_hostile_and_broken_files_are_skipped_with_a_note(
         1, {"name": {"nested": "<b>"}, "age": "old"}], cause=["not", "a", "string"],
         waits_for=[], request="GET /", loop={"name": 5, "thread_id": 1, "thread_name": None},
         detected_at=1e12, hostname="<script>alert(2)</script>")  # the year 33658
+    os.mkfifo(d / "freeze-20250101T000004Z-1-0005.json")  # would block a plain open()
+    (d / "freeze-20250101T000005Z-1-0006.json").symlink_to("/dev/zero")  # would never end
     odd_path = d / "freeze-20250101T000003Z-4242-0004.json"
     odd_path.write_text(json.dumps(odd))
     odd_path.chmod(0o600)
@@ -301,14 +304,14 @@ def test_hostile_and_broken_files_are_skipped_with_a_note(
     out = tmp_path / "hostile.html"
     proc = report_html(d, out)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.count("warning: skipped") == 3
+    assert proc.stderr.count("warning: skipped") == 5
     html = out.read_text(encoding="utf-8")
     assert "\x1b" not in html and "\u202e" not in html and "\r" not in html
     assert "evil\\x1b[31m\\u202etxt.exe" in html and "<script>" not in html
     assert "1 dump with an implausible time (before 2000 or after 2100)" in html
     _open(chrome, out)
     skipped = chrome.find_element(By.CSS_SELECTOR, "ul.skipped").text
-    for n in ("0001", "0002", "0003"):
+    for n in ("0001", "0002", "0003", "0005", "0006"):
         assert f"freeze-20250101T00000{int(n) - 1}Z-1-{n}.json" in skipped
     assert len(_rows(chrome)) == len(dumps.totals()) + 1
     for row in _rows(chrome):
