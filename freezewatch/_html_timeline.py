@@ -74,7 +74,8 @@ def build(marks: Sequence[Mark], labels: dict[int, str]) -> Timeline:
         notes.append(f"{plural(len(marks) - len(shown), 'dump')} with an implausible time "
                      "(before 2000 or after 2100) are counted below but not drawn.")
     if not shown:
-        return Timeline('<p class="empty">Nothing to draw.</p>', notes, [], False, 0.0, 0.0)
+        return Timeline('<p class="empty">No freezes or stalls in this period.</p>', notes, [],
+                        False, 0.0, 0.0)
     t0 = min(m.start for m in shown)
     t1 = max(min(m.end, PLAUSIBLE[1]) for m in shown)
     pad = max((t1 - t0) * 0.02, 0.5)

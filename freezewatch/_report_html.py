@@ -163,6 +163,9 @@ def _ranking(result: Result, seen: Collector, groups: list[Group], same_day: boo
                f"</span>{share:.0f}%</span></summary>")
         out.append(f'<details class="sig-row" id="sig-{i}" data-total="{g.total:.3f}">{row}'
                    f'<div class="detail">{_detail(g, seen)}</div></details>')
+    if not groups:
+        out.append('<div class="row more"><span></span><span>No freezes or stalls'
+                   f"{' since ' + when(result.since) if result.since else ''}.</span></div>")
     rest = result.groups[len(groups):]
     if rest:
         lost = sum(g.total for g in rest)

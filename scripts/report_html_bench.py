@@ -13,7 +13,8 @@ freeze and one in fifty a freeze that never ended. They are written as
 freezewatch writes them (mode 0600, a ``.txt`` twin: the template's own text,
 since only the ``.json`` is read by the report). The time is the wall time
 of the whole command, interpreter start-up included, as a person would wait
-for it.
+for it (best and median of --rounds), and its CPU time (user + system: what
+other processes on a shared machine do not add to).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -105,15 +107,19 @@ def main() -> None:
           f"to {dumps}")
     out = work / "report.html"
     cmd = [sys.executable, "-m", "freezewatch", "report", str(dumps), "--html", str(out)]
-    times = []
+    times, cpus = [], []
     for _ in range(args.rounds):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True)
         times.append(time.perf_counter() - t0)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     size = out.stat().st_size
     marks = out.read_text().count('<rect class="mark')
     print(f"freezewatch report --html on {args.count:,} dumps: best {min(times):.2f} s, "
-          f"median {statistics.median(times):.2f} s over {args.rounds} run(s); "
+          f"median {statistics.median(times):.2f} s over {args.rounds} run(s) (CPU "
+          f"{min(cpus):.2f}-{max(cpus):.2f} s); "
           f"page {size / 1e6:.2f} MB ({size:,} bytes), {marks:,} timeline marks")
     if not args.keep:
         shutil.rmtree(work)
