@@ -72,7 +72,7 @@ def build(marks: Sequence[Mark], labels: dict[int, str]) -> Timeline:
     shown = [m for m in marks if PLAUSIBLE[0] <= m.start <= PLAUSIBLE[1]]
     if len(shown) < len(marks):
         notes.append(f"{plural(len(marks) - len(shown), 'dump')} with an implausible time "
-                     "(before 2000 or after 2100) are counted below but not drawn.")
+                     "(before 2000 or after 2100): counted below, not drawn.")
     if not shown:
         return Timeline('<p class="empty">No freezes or stalls in this period.</p>', notes, [],
                         False, 0.0, 0.0)
@@ -91,8 +91,8 @@ def build(marks: Sequence[Mark], labels: dict[int, str]) -> Timeline:
         drawn = _merge(shown, lanes, lo, scale, slice_px)
     if slice_px:
         notes.append(f"{plural(len(shown), 'freeze or stall', 'freezes and stalls')} are drawn "
-                     f"as {len(drawn):,} marks: those of one lane within "
-                     f"{dur(slice_px / scale)} of each other share a mark (hover for counts).")
+                     f"as {len(drawn):,} marks: those of one lane that began in the same "
+                     f"{dur(slice_px / scale)} slice of time share a mark (hover for counts).")
     longest = max(_lost(m) for m in drawn) or 1.0
     height = AXIS_H + LANE_H * len(set(lanes.values())) + 6
     out = [f'<svg class="timeline" viewBox="0 0 {WIDTH} {height}" role="img" '

@@ -99,13 +99,13 @@ def _headline(result: Result, seen: Collector, tl: timeline.Timeline) -> str:
     processes = {(host, pid) for host, pid, _ in lanes}
     hosts = {host for host, _, _ in lanes}
     unfinished = sum(g.unfinished for g in result.groups)
-    if seen.marks:
+    if tl.causes:  # something was drawn: the period is what the timeline shows
         period = (f"{when(tl.start)} \u2013 {when(tl.end)}" if when(tl.start, "%Y%m%d") !=
                   when(tl.end, "%Y%m%d") else
                   f"{when(tl.start, '%Y-%m-%d %H:%M:%S')} \u2013 {when(tl.end)}")
         span = dur(max(tl.end - tl.start, 0.0))
     else:
-        period, span = "no freezes or stalls", ""
+        period, span = ("no freezes or stalls" if not seen.marks else "no plausible times"), ""
     since = f" (dumps since {when(result.since)})" if result.since else ""
     span = f" \u00b7 {span}" if span else ""
     cards = [
