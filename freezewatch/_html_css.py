@@ -64,7 +64,7 @@ details[open] .rank::before { content: "\\25BE"; }
 .sig > .path, .sig .via { display: block; white-space: nowrap; overflow: hidden;
   text-overflow: ellipsis; }
 .sig .via { font-size: 12px; color: var(--dim); }
-.sig .code { display: block; color: #344054; white-space: nowrap; overflow: hidden;
+.sig .code { display: block; color: #344054; white-space: pre; overflow: hidden;
   text-overflow: ellipsis; }
 .pill { display: inline-block; padding: 1px 8px; border-radius: 999px; font-size: 12px;
   white-space: nowrap; background: color-mix(in srgb, var(--c) 16%, white);
