@@ -19,10 +19,12 @@ from __future__ import annotations
 import calendar
 import dataclasses
 import datetime
+import errno
 import json
 import math
 import os
 import re
+import stat
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -115,6 +117,8 @@ class _Dump:
     app: str | None
     first_dump: str | None
     longest_update: float = 0.0
+    lane: tuple[str, str, str] = ("?", "?", "?")  # hostname, pid, loop (the HTML timeline)
+    cause: str | None = None
 
     @classmethod
     def of(cls, path: str, doc: dict[str, Any]) -> _Dump:
@@ -125,7 +129,8 @@ class _Dump:
                    _number(doc, "duration"),
                    (str(bf.get("file")), bf["line"], str(bf.get("function"))),
                    code if isinstance(code, str) else None, _frame_where(doc.get("app_frame")),
-                   first if isinstance(first, str) else None)
+                   first if isinstance(first, str) else None, lane=_lane(doc),
+                   cause=doc["cause"] if isinstance(doc.get("cause"), str) else None)
 
 
 @dataclasses.dataclass
@@ -224,10 +229,26 @@ def _number(doc: dict[str, Any], key: str) -> float | None:
     return float(v)
 
 
+def _lane(doc: dict[str, Any]) -> tuple[str, str, str]:
+    loop = doc.get("loop")
+    name = loop.get("name") if isinstance(loop, dict) else None
+    return str(doc.get("hostname", "?")), str(doc.get("pid", "?")), str(name or "?")
+
+
 def _frame_where(f: Any) -> str | None:
     if not isinstance(f, dict):
         return None
     return f"{f.get('file')}:{f.get('line')} in {f.get('function')}"
+
+
+def _read_file(path: str) -> bytes:
+    """A regular file's bytes; OSError for anything else planted under a dump's name (a FIFO
+    would block the report forever, a link to /dev/zero would never end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return f.read()
 
 
 def _check(doc: Any) -> str | None:
@@ -244,8 +265,16 @@ def _check(doc: Any) -> str | None:
     return None
 
 
-def scan(directory: str, since: float | None, warn: Callable[[str], None]) -> Result:
-    """Read every dump in ``directory`` (detected since ``since``) into sorted groups."""
+Counted = Callable[[Group, _Dump, float, bool], None]
+
+
+def scan(directory: str, since: float | None, warn: Callable[[str], None],
+         counted: Counted | None = None) -> Result:
+    """Read every dump in ``directory`` (detected since ``since``) into sorted groups.
+
+    ``counted(group, dump, seconds, unfinished)`` is told of each freeze and
+    stall as it is counted (the HTML report draws its timeline from these).
+    """
     try:
         names = [e.name for e in os.scandir(directory) if NAME.match(e.name)]
     except FileNotFoundError:
@@ -268,8 +297,7 @@ def scan(directory: str, since: float | None, warn: Callable[[str], None]) -> Re
                 continue  # older than --since: not even opened
         path = os.path.join(directory, name)
         try:
-            with open(path, "rb") as f:
-                doc = json.loads(f.read())
+            doc = json.loads(_read_file(path))
         except (OSError, ValueError) as e:
             reason = getattr(e, "strerror", None) or str(e)
             result.skipped.append((name, f"unreadable: {reason}"))
@@ -299,6 +327,8 @@ def scan(directory: str, since: float | None, warn: Callable[[str], None]) -> Re
         if g is None:
             g = by_key[key] = Group(kind, *d.frame, code=d.code)
         g.add(seconds, d.detected_at, d.path, unfinished, d.app)
+        if counted is not None:
+            counted(g, d, seconds, unfinished)
 
     for first, chain in updates.items():
         longest = max(d.blocked_for for d in chain)

@@ -44,6 +44,7 @@ examples:
   freezewatch report freezewatch-dumps
   freezewatch report /var/log/app/freezes --since 24h
   freezewatch report /var/log/app/freezes --since 2025-01-01 --json | jq '.groups[0]'
+  freezewatch report /var/log/app/freezes --since 24h --html last-night.html
 
 Freezes and stalls are grouped by the line they blocked at (file:line in
 function) and sorted by the total time they cost. --since takes an age
@@ -108,6 +109,9 @@ def _parser() -> _Parser:
     rep.add_argument("--json", action="store_true", help="print JSON for machines")
     rep.add_argument("--top", type=int, metavar="N",
                      help="show the N costliest places (table default 20; 0: all)")
+    rep.add_argument("--html", metavar="OUT.html",
+                     help="write the report as one self-contained page to OUT.html: a timeline, "
+                     "the places ranked, the detail of each (opens offline)")
     return p
 
 
@@ -225,11 +229,24 @@ def _report(args: argparse.Namespace) -> int:
     def warn(message: str) -> None:
         print(f"{PROG} report: warning: {message}", file=sys.stderr)
 
-    result = _cli_report.scan(args.dir, since, warn)
+    seen = None
+    if args.html is not None:
+        from . import _report_html
+
+        seen = _report_html.Collector()
+    result = _cli_report.scan(args.dir, since, warn, seen)
+    if seen is not None:
+        try:
+            size = _report_html.write(args.html, result, seen, top=args.top)
+        except OSError as e:
+            raise CliError(f"cannot write {args.html}: {e.strerror or e}") from None
+        if not args.json:  # the page is the report; say where it went
+            sys.stdout.write(f"wrote {args.html}: {result.freezes} freeze(s) and {result.stalls} "
+                             f"stall(s) at {len(result.groups)} place(s), {size / 1000:.0f} kB\n")
     if args.json:
         doc = result.to_json(top=args.top)
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-    else:
+    elif seen is None:
         sys.stdout.write(result.table(top=20 if args.top is None else args.top))
     sys.stdout.flush()
     return 0
