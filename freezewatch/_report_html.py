@@ -22,11 +22,11 @@ import tempfile
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from . import __version__
 from . import _html_detail as detail
 from . import _html_timeline as timeline
 from ._html_css import CSS
 from ._html_text import cause_of, dur, esc, pill, plural, short_when, when
+from ._version import __version__
 
 if TYPE_CHECKING:
     from ._cli_report import Group, Result, _Dump

@@ -19,13 +19,13 @@ LAYERS: list[set[str]] = [
     # 0: pure data, the detector, the global state department, standalone programs
     {"_state", "_events", "_config", "_detect", "_decisions", "_snapshot", "_snapshot.model",
      "_rundelay", "_selector", "_sentinel_main", "_cli_errors", "_cli_color", "_boot", "_sinks",
-     "_version", "_pager",
+     "_version", "_pager", "_html_css", "_html_text",
      "_snapshot.cpu", "_snapshot.context", "_snapshot.render", "_snapshot.procview",
      "_sinks.scrub"},
     # 1: capture (reads frames, tasks, /proc), units of work in flight
     {"_snapshot.frames", "_snapshot.tasks", "_snapshot.threads", "_snapshot.waits",
      "_snapshot.native", "_snapshot.gcwatch", "_snapshot.cause", "_snapshot.capture",
-     "_snapshot.otel_context", "_inflight", "_allow"},
+     "_snapshot.otel_context", "_inflight", "_allow", "_html_timeline", "_html_detail"},
     # 2: the sinks and services; the layers outside the GIL
     {"_sinks.report", "_sinks.log", "_sinks.metrics", "_sinks.health", "_sinks.serve",
      "_sinks.sdnotify", "_sinks.dumpfile", "_sinks.retention", "_sinks.otel", "_sinks.sentry",
@@ -44,7 +44,7 @@ LAYERS: list[set[str]] = [
     {"_install", "otel", "sentry"},
     # 9: the public surface and the tools built on it
     {"__init__", "__main__", "_autostart", "_runcmd", "_boot.sitecustomize", "aiohttp", "asgi",
-     "pytest_plugin", "cli", "_cli_report"},
+     "pytest_plugin", "cli", "_cli_report", "_report_html"},
 ]
 
 THIRD_PARTY_HOMES = {
