@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import __version__
+from ._redact import escape
 
 PROG = "freezewatch"
 EXIT_USAGE = 2
@@ -132,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog = f"{PROG} {args.command}"
         return {"run": _run, "show": _show, "report": _report}[args.command](args)
     except CliError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {escape(str(e))}", file=sys.stderr)
         return e.code
     except KeyboardInterrupt:
         return 130
@@ -140,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return 0
     except Exception as e:  # boundary: a bug or an odd file must not end in a traceback
-        print(f"{prog}: error: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"{prog}: error: internal error: {type(e).__name__}: {escape(str(e))}",
+              file=sys.stderr)
         return EXIT_FAILED
 
 
@@ -186,36 +189,73 @@ def _run(args: argparse.Namespace) -> int:
 
 
 # -- show -----------------------------------------------------------------------
+MAX_DUMP_FILE = 256 * 1024 * 1024
+"""Bytes read of one dump file at most: a dump is bounded far below this."""
+
+
+def read_dump_bytes(path: str) -> bytes:
+    """The bytes of a regular file, opened without blocking (a FIFO planted under a
+    dump's name cannot hang the CLI) and read up to ``MAX_DUMP_FILE``.
+
+    OSError for what cannot be read; ValueError for what is not a regular file
+    or is too big to be a dump.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_size > MAX_DUMP_FILE:
+            raise ValueError(f"{st.st_size} bytes: too big to be a dump")
+        return f.read(MAX_DUMP_FILE + 1)
+
+
+def parse_dump(data: bytes) -> Any:
+    """``json.loads``; hostile nesting is a ValueError, never a RecursionError."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def load_dump(path: str) -> dict[str, Any]:
     """Read a JSON dump; CliError with one clear line when it is not one."""
+    shown = escape(path)
     if os.path.isdir(path):
-        raise CliError(f"{path} is a directory (for a directory: freezewatch report {path})")
+        raise CliError(f"{shown} is a directory (for a directory: freezewatch report {shown})")
     if path.endswith(".txt") and os.path.exists(path[:-4] + ".json"):
         path = path[:-4] + ".json"  # the person pointed at the twin; read the data
+        shown = escape(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_dump_bytes(path)
     except FileNotFoundError:
-        raise CliError(f"no such file: {path}") from None
+        raise CliError(f"no such file: {shown}") from None
     except OSError as e:
-        raise CliError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        doc = json.loads(data)
+        raise CliError(f"cannot read {shown}: {e.strerror or e}") from None
     except ValueError as e:
-        raise CliError(f"{path} is not a JSON dump: {e}") from None
+        raise CliError(f"{shown} is not a dump file: {e}") from None
+    try:
+        doc = parse_dump(data)
+    except ValueError as e:
+        raise CliError(f"{shown} is not a JSON dump: {escape(str(e))}") from None
     if not isinstance(doc, dict) or doc.get("schema") != "freezewatch/1":
-        raise CliError(f"{path} is not a freezewatch dump (no \"schema\": \"freezewatch/1\")")
+        raise CliError(f"{shown} is not a freezewatch dump (no \"schema\": \"freezewatch/1\")")
     return doc
 
 
 def _show(args: argparse.Namespace) -> int:
     from ._cli_color import colorize, want_color
-    from ._snapshot.render import render
+    from ._snapshot.render import clean, render
 
-    doc = load_dump(args.file)
-    text = render(doc)
-    if want_color(args.color, sys.stdout):
-        text = colorize(text, doc)
+    doc = clean(load_dump(args.file))  # every string escaped: nothing raw reaches the terminal
+    try:
+        text = render(doc)
+        if want_color(args.color, sys.stdout):
+            text = colorize(text, doc)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as e:
+        # A file with the right schema but wrong types (a list where an object goes).
+        raise CliError(f"{escape(args.file)} is a malformed freezewatch dump "
+                       f"({type(e).__name__}: {escape(str(e))})") from None
     sys.stdout.write(text)
     sys.stdout.flush()
     return 0
@@ -230,7 +270,7 @@ def _report(args: argparse.Namespace) -> int:
         raise CliError(f"--top must be >= 0, got {args.top}", EXIT_USAGE)
 
     def warn(message: str) -> None:
-        print(f"{PROG} report: warning: {message}", file=sys.stderr)
+        print(f"{PROG} report: warning: {escape(message)}", file=sys.stderr)
 
     result = _cli_report.scan(args.dir, since, warn)
     if args.json:

@@ -49,7 +49,10 @@ def capture(
     extra: dict[str, Any] | None = None,
     waits: WaitSampler | None = None,
     cpu_before: _kernel.CpuSample | None = None,
+    contextvars: tuple[str, ...] = (),
 ) -> Snapshot:
+    """``contextvars``: the structlog context keys allowed into the dump (the
+    ``contextvars`` setting); none by default."""
     errors: list[str] = []
     # A freeze's kernel view compares the loop thread's CPU time with an
     # earlier sample: the one taken when the unanswered heartbeat was sent
@@ -74,7 +77,7 @@ def capture(
     if stalled_task is not None:
         chain, _ = _safe(errors, "stalled_task", lambda: task_chain(stalled_task), ((), None))
     subject = stalled_task if stalled_task is not None else current
-    context = _safe(errors, "context", lambda: task_context(subject), None)
+    context = _safe(errors, "context", lambda: task_context(subject, contextvars), None)
     skip = {info.thread_id} if info.thread_id is not None else set()
     threads: tuple[ThreadStack, ...] = _safe(
         errors, "threads", lambda: thread_stacks(tops, skip), ()
@@ -89,7 +92,7 @@ def capture(
     doc_extra = dict(extra or {})
     if kind == "stall":
         doc_extra["await_chain"] = [f.to_json() for f in chain]
-    if context is not None:  # Python >= 3.12 with a task: its structlog contextvars
+    if context is not None:  # Python >= 3.12, a task, keys allowed: its structlog contextvars
         doc_extra["context"] = context
     if kind != "stall":  # a stall's loop is alive: nothing to classify
         doc_extra.update(_safe(errors, "kernel", lambda: _kernel.observe(
