@@ -1,4 +1,4 @@
-"""Helpers for tests/test_security_*.py: an attacker as a second user, dumps searched for a secret."""
+"""Helpers for tests/test_security_*.py: an attacker as a second user, secrets in dumps."""
 
 from __future__ import annotations
 
