@@ -46,7 +46,7 @@ def test_300_half_open_connections(server: MetricsServer) -> None:
     try:
         time.sleep(0.5)
         assert threading.active_count() <= before + _serve.MAX_WORKERS
-        status, body = get(f"http://127.0.0.1:{_port(server)}/metrics")
+        status, _ = get(f"http://127.0.0.1:{_port(server)}/metrics")
         assert status == 200
         assert threading.active_count() <= before + _serve.MAX_WORKERS
     finally:
