@@ -19,18 +19,17 @@ from __future__ import annotations
 import calendar
 import dataclasses
 import datetime
-import errno
-import json
 import math
 import os
 import re
-import stat
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from ._cli_errors import EXIT_USAGE, CliError
+from ._dumpread import parse_dump, read_dump_bytes
+from ._redact import escape
 
 NAME = re.compile(r"^(freeze|stall)-(\d{8}T\d{6})Z?-\d+-\d+\.json$")
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*$", re.IGNORECASE)
@@ -165,13 +164,15 @@ class Result:
         }
 
     def table(self, top: int = 20) -> str:
+        """The report for a person; every text from a dump escaped (``_redact.escape``)."""
         since = f" since {_when(self.since)}" if self.since else ""
         if not self.groups:
-            return f"{self.directory}: no freezes or stalls{since} ({self.read} dumps read)\n"
+            return (f"{escape(self.directory)}: no freezes or stalls{since} "
+                    f"({self.read} dumps read)\n")
         first = min(g.first for g in self.groups)
         last = max(g.last for g in self.groups)
         lines = [
-            f"{self.directory}: {self.freezes} freeze(s) and {self.stalls} stall(s) at "
+            f"{escape(self.directory)}: {self.freezes} freeze(s) and {self.stalls} stall(s) at "
             f"{len(self.groups)} place(s){since}, {_dur(self.total)} in all, "
             f"{_when(first)} .. {_when(last)}",
             "",
@@ -181,14 +182,14 @@ class Result:
         for i, g in enumerate(shown, 1):
             mark = "+" if g.unfinished else " "
             lines.append(f"{i:>3}  {_dur(g.total):>8}{mark} {g.count:>5}  "
-                         f"{_dur(g.longest):>8}{mark} {g.kind:<6}  {g.where}")
+                         f"{_dur(g.longest):>8}{mark} {g.kind:<6}  {escape(g.where)}")
             pad = " " * 5
             if g.code:
-                lines.append(f"{pad}    {g.code}")
+                lines.append(f"{pad}    {escape(g.code)}")
             for where, n in g.app_lines.most_common(MAX_APP_LINES):
-                lines.append(f"{pad}app line: {where} ({n}x)")
+                lines.append(f"{pad}app line: {escape(where)} ({n}x)")
             lines.append(f"{pad}first {_when(g.first)}, last {_when(g.last)}; "
-                         f"e.g. {g.example}")
+                         f"e.g. {escape(g.example)}")
         if len(shown) < len(self.groups):
             lines.append(f"... {len(self.groups) - len(shown)} more place(s) (--top 0 shows all)")
         if any(g.unfinished for g in shown):
@@ -241,16 +242,6 @@ def _frame_where(f: Any) -> str | None:
     return f"{f.get('file')}:{f.get('line')} in {f.get('function')}"
 
 
-def _read_file(path: str) -> bytes:
-    """A regular file's bytes; OSError for anything else planted under a dump's name (a FIFO
-    would block the report forever, a link to /dev/zero would never end)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        return f.read()
-
-
 def _check(doc: Any) -> str | None:
     """Why ``doc`` cannot be counted, or None."""
     if not isinstance(doc, dict):
@@ -297,19 +288,23 @@ def scan(directory: str, since: float | None, warn: Callable[[str], None],
                 continue  # older than --since: not even opened
         path = os.path.join(directory, name)
         try:
-            doc = json.loads(_read_file(path))
+            doc = parse_dump(read_dump_bytes(path))  # no FIFO hangs it, no nesting breaks it
         except (OSError, ValueError) as e:
             reason = getattr(e, "strerror", None) or str(e)
             result.skipped.append((name, f"unreadable: {reason}"))
             warn(f"skipped {path}: not a readable JSON dump ({reason})")
             continue
         why = _check(doc)
+        if why is None:
+            try:
+                dump = _Dump.of(path, doc)
+            except (AttributeError, TypeError, ValueError, KeyError) as e:
+                why = f"malformed ({type(e).__name__}: {e})"
         if why is not None:
             result.skipped.append((name, why))
             warn(f"skipped {path}: {why}")
             continue
         result.read += 1
-        dump = _Dump.of(path, doc)
         del doc  # only the few fields above are kept: memory stays flat on big directories
         if since is not None and dump.detected_at < since:
             continue

@@ -9,10 +9,13 @@ Precedence: explicit keyword argument > environment variable > default.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import os
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from . import _redact
 
 ENV_PREFIX = "FREEZEWATCH_"
 DEFAULT_DUMP_DIR = "freezewatch-dumps"
@@ -67,6 +70,15 @@ class Config:
     registry: Any = dataclasses.field(default=None, compare=False, repr=False)
     """prometheus_client registry for the metrics (keyword only, no environment
     twin); None: prometheus-client's default registry."""
+    redact: Callable[[str], str] = dataclasses.field(
+        default=_redact.redact, compare=False, repr=False)
+    """The redaction rule for every text recorded from the application (request
+    names and URLs, task names, exception text): ``str -> str`` (keyword only;
+    default: ``_redact.redact``, see docs/security.md). Use it through
+    ``_redact.apply(cfg.redact, text)``, which falls back to the default if it fails."""
+    contextvars: tuple[str, ...] = ()
+    """structlog context variables (``bind_contextvars`` keys) copied into dumps;
+    none by default (they may hold secrets). ``FREEZEWATCH_CONTEXTVARS=a,b``."""
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -80,6 +92,10 @@ class _Setting:
 
     def fail(self, why: str) -> ValueError:
         return ValueError(f"{self.name} {why}, got {self.value!r} from {self.source}")
+
+
+class _Callable:
+    """The kind of a setting that takes a function (``redact``)."""
 
 
 def _coerce(setting: _Setting, kind: type) -> Any:
@@ -108,9 +124,19 @@ def _coerce(setting: _Setting, kind: type) -> Any:
             return os.fspath(v) if v is not None else ""
         if kind is object:
             return v
+        if kind is list:  # names: "a,b" or a sequence of str
+            items = v.split(",") if isinstance(v, str) else list(v)
+            if not all(isinstance(x, str) for x in items):
+                raise ValueError
+            return tuple(x.strip() for x in items if x.strip())
+        if kind is _Callable:
+            if not callable(v):
+                raise ValueError
+            return v
     except (TypeError, ValueError):
         pass
-    raise setting.fail(f"must be {'a number' if kind in (int, float) else kind.__name__}")
+    what = {int: "a number", float: "a number", list: "a list of names", _Callable: "a callable"}
+    raise setting.fail(f"must be {what.get(kind) or kind.__name__}")
 
 
 _KINDS: dict[str, type] = {
@@ -120,9 +146,15 @@ _KINDS: dict[str, type] = {
     "update_after": tuple, "dump_rate_window": float, "max_dumps": int,
     "max_dump_bytes": int, "idle_beat_every": float, "name": str,
     "metrics_port": int, "metrics_addr": str, "liveness_limit": float,
-    "systemd_watchdog": bool, "registry": object,
+    "systemd_watchdog": bool, "registry": object, "redact": _Callable, "contextvars": list,
 }
-_NO_ENV = frozenset({"registry"})  # an object, not something an environment can hold
+_NO_ENV = frozenset({"registry", "redact"})  # objects, not something an environment can hold
+# Variables of ours that are not settings: read elsewhere, never "unknown".
+_OTHER_ENV = frozenset({"FREEZEWATCH_AUTOSTART"})
+_FLOATS = ("threshold", "interval", "native_timeout", "stall_after", "dump_rate_window",
+           "idle_beat_every", "liveness_limit")
+_log = logging.getLogger("freezewatch")
+_warned: set[str] = set()  # unknown variables already warned about, once per process
 
 
 def load(kwargs: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
@@ -143,11 +175,17 @@ def load(kwargs: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
             continue
         settings[name] = s
         values[name] = _coerce(s, _KINDS[name])
+    _warn_unknown(env)
     cfg = Config(**values)
 
     def where(name: str) -> _Setting:
         return settings.get(name) or _Setting(name, getattr(cfg, name), "the default")
 
+    for name in _FLOATS:  # inf turns a timer off or overflows at freeze time; nan compares False
+        if not math.isfinite(getattr(cfg, name)):
+            raise where(name).fail("must be a finite number")
+    if not all(math.isfinite(x) for x in cfg.update_after):
+        raise where("update_after").fail("must be finite seconds")
     for name in ("threshold", "interval", "native_timeout", "stall_after", "idle_beat_every"):
         if not getattr(cfg, name) > 0:
             raise where(name).fail("must be > 0")
@@ -163,9 +201,59 @@ def load(kwargs: Mapping[str, Any], environ: Mapping[str, str] | None = None) ->
         if getattr(cfg, name) < 1:
             raise where(name).fail("must be >= 1")
     _check_metrics(cfg, where)
-    dump_dir = os.path.abspath(os.path.expanduser(cfg.dump_dir or DEFAULT_DUMP_DIR))
+    _check_text(cfg, where)
+    if cfg.pyspy_path:
+        _check_pyspy(where("pyspy_path"))
+    # The real path: the directory is then opened with O_NOFOLLOW (dumpdir).
+    dump_dir = os.path.realpath(os.path.expanduser(cfg.dump_dir or DEFAULT_DUMP_DIR))
     _check_dump_dir(dump_dir, where("dump_dir"))
     return dataclasses.replace(cfg, dump_dir=dump_dir)
+
+
+def _warn_unknown(env: Mapping[str, str]) -> None:
+    """A FREEZEWATCH_* variable that is no setting (a typo: FREEZEWATCH_TRESHOLD) is
+    logged once per process, as a warning on the stdlib ``freezewatch`` logger.
+
+    A log record and not ``warnings.warn``: applications (and test suites) that
+    turn warnings into errors would otherwise fail to start over a typo, and
+    this is about the environment, not about code that a warning filter targets.
+    """
+    known = {ENV_PREFIX + n.upper() for n in _FIELDS if n not in _NO_ENV} | _OTHER_ENV
+    for var in sorted(env):
+        if var.startswith(ENV_PREFIX) and var not in known and var not in _warned:
+            _warned.add(var)
+            close = [k for k in known if _close(var, k)]
+            hint = f" (did you mean {sorted(close)[0]}?)" if close else ""
+            _log.warning("freezewatch: unknown environment variable %s ignored%s", var, hint)
+
+
+def _close(a: str, b: str) -> bool:
+    """Two names one edit apart (a letter missing, extra, changed or swapped)."""
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
+                                  and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
+    short, long_ = (a, b) if len(a) < len(b) else (b, a)
+    return any(long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
+
+
+def _check_text(cfg: Config, where: Any) -> None:
+    """Names shown in dumps, logs and terminals: no control characters."""
+    if _redact.escape(cfg.name) != cfg.name:
+        raise where("name").fail("must not contain control characters")
+    for var in cfg.contextvars:
+        if not var.isidentifier():
+            raise where("contextvars").fail(f"must be context variable names ({var!r} is not)")
+
+
+def _check_pyspy(setting: _Setting) -> None:
+    path = str(setting.value)
+    if not os.path.isfile(path):
+        raise setting.fail("must name an existing py-spy executable (no such file)")
+    if not os.access(path, os.X_OK):
+        raise setting.fail("must name an executable file (it is not executable)")
 
 
 def _check_metrics(cfg: Config, where: Any) -> None:
@@ -183,15 +271,29 @@ def _check_metrics(cfg: Config, where: Any) -> None:
 
 
 def _check_dump_dir(path: str, setting: _Setting) -> None:
-    """Create the dump directory (0700) and prove a file can be written there."""
+    """Create the dump directory (0700), vet it (owner, mode: see _sinks/dumpdir),
+    prove a file can be written there, and remove temporary files left behind."""
+    from ._sinks import dumpdir
+
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".freezewatch-probe-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
+        fd = dumpdir.open_dir(path)
+    except dumpdir.UnsafeDirError as e:
+        raise ValueError(f"dump_dir {path!r} (from {setting.source}) is not safe: "
+                         f"{e}") from None
     except OSError as e:
         raise ValueError(
             f"dump_dir {path!r} (from {setting.source}) cannot be created or "
             f"written: {e.strerror or e}"
         ) from None
+    try:
+        probe = f".freezewatch-probe.{os.getpid()}"
+        dumpdir.write_atomic(fd, probe, b"")
+        os.unlink(probe, dir_fd=fd)
+        dumpdir.remove_stale_tmp(fd)
+    except OSError as e:
+        raise ValueError(
+            f"dump_dir {path!r} (from {setting.source}) cannot be written: {e.strerror or e}"
+        ) from None
+    finally:
+        os.close(fd)
 

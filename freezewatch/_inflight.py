@@ -9,6 +9,10 @@ resize can raise. The one write the watchdog makes is ``pop(k, None)`` of a
 client request whose response was closed without the loop thread telling us
 (see ``Unit.done_probe``); the loop thread's own pop uses a default, so the
 two never conflict.
+
+Names and details come from the application (request paths, URLs): they
+pass the install's redaction rule (``_redact``) when a unit is opened, and
+again when it is recorded (details, task names, a route template found late).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
-from . import _state
+from . import _redact, _state
 from ._snapshot.model import InflightUnit
 
 
@@ -28,6 +32,8 @@ class Owner(Protocol):
     """What a unit needs of the handle of its loop (``_handle.LoopWatch``)."""
 
     inflight: dict[int, Unit]
+    config: Any
+    """The install's settings (``_config.Config``): ``redact`` is read."""
 
     def stall_ended(self, unit: Unit) -> None: ...
 
@@ -48,8 +54,8 @@ class Unit:
     """
 
     __slots__ = (
-        "detail", "done_probe", "kind", "name", "owner", "phase", "phase_at", "phase_tail",
-        "request_id", "stall_after", "stalled_at", "started", "task",
+        "detail", "done_probe", "kind", "name", "namer", "owner", "phase", "phase_at",
+        "phase_tail", "request_id", "stall_after", "stalled_at", "started", "task",
     )
 
     def __init__(self, name: str, kind: str, stall_after: float | None, task: Any,
@@ -67,6 +73,28 @@ class Unit:
         self.phase_at = 0.0
         self.phase_tail: str | None = None
         self.done_probe: Callable[[], bool] | None = None
+        # Called by the watchdog thread when recording: a better name found
+        # after the unit opened (an ASGI route template, set by the router once
+        # it matched). Plain reads only; once it answers, ``name`` is replaced
+        # (a single store: the loop thread never writes ``name`` after opening).
+        self.namer: Callable[[], str | None] | None = None
+
+    def _rule(self) -> _redact.Rule | None:
+        owner = self.owner
+        return owner.config.redact if owner is not None else None
+
+    def current_name(self) -> str:
+        """``name``, replaced by the namer's answer once it has one (watchdog thread)."""
+        namer = self.namer
+        if namer is not None:
+            try:
+                better = namer()
+            except Exception:  # the probed object changed under us: keep the name
+                better = None
+            if better:
+                self.name = _redact.apply(self._rule(), better)
+                self.namer = None
+        return self.name
 
     def set_phase(self, phase: str, tail: str | None = None) -> None:
         """Record how far this unit got (loop thread)."""
@@ -90,13 +118,17 @@ class Unit:
         """Plain data for a dump; ``subject`` is the task the dump is about."""
         task_name = None
         task = self.task
+        rule = self._rule()
         if task is not None:
             try:
-                task_name = task.get_name()
+                task_name = _redact.apply(rule, task.get_name())
             except Exception:  # a task subclass with a broken get_name
                 task_name = "<unnamed>"
+        self.current_name()
+        detail = self.describe(now)
         return InflightUnit(
-            self.name, self.kind, now - self.started, task_name, self.describe(now),
+            self.name, self.kind, now - self.started, task_name,
+            None if detail is None else _redact.apply(rule, detail),
             request_id=self.request_id,
             in_blocking_task=subject is not None and task is subject,
         )
@@ -115,6 +147,8 @@ def open_unit(name: str, kind: str = "watch", stall_after: float | None = None,
     w = _state.by_loop.get(loop)
     if w is None:
         return None
+    # Redacted here, on the loop thread: the name also goes into stall events.
+    name = _redact.apply(w.config.redact, name)
     unit = Unit(name, kind, stall_after, _current_task(loop), w, request_id)
     w.inflight[id(unit)] = unit
     return unit

@@ -23,7 +23,7 @@ import os
 import time
 from typing import Any
 
-from . import _detect, _gil, _state
+from . import _detect, _gil, _redact, _state
 from ._events import FreezeEvent
 from ._faulthandler import Capture
 from ._handle import LoopWatch
@@ -87,7 +87,8 @@ def _write(w: LoopWatch, doc: dict[str, Any], signature: str | None) -> str | No
     cfg = w.config
     try:
         name = dump_name(doc["kind"], doc["detected_at"], next(_state.dump_seq))
-        path = write_dump(cfg.dump_dir, name, doc, cfg.max_dumps, cfg.max_dump_bytes)
+        path = write_dump(cfg.dump_dir, name, doc, cfg.max_dumps, cfg.max_dump_bytes,
+                          redact=cfg.redact)
     except Exception as e:  # boundary: the dump-file sink (full disk, directory gone, ...)
         _failed(w, doc, e)
         return None
@@ -102,8 +103,11 @@ def _rewrite(w: LoopWatch, rec: Record) -> None:
     if rec.path is None:
         return
     doc = rec.doc()
+    cfg = w.config
     try:
-        if not rewrite_dump(rec.path, doc):
+        # Retention runs after every rewrite: the dump just grew (native, duration).
+        if not rewrite_dump(rec.path, doc, cfg.max_dumps, cfg.max_dump_bytes,
+                            redact=cfg.redact):
             rec.path = None  # retention removed it meanwhile: it stays removed
     except Exception as e:  # boundary: the dump-file sink
         _failed(w, doc, e)
@@ -113,7 +117,8 @@ def _failed(w: LoopWatch, doc: dict[str, Any], e: Exception) -> None:
     w.dump_failures += 1
     _metrics.dump_failed(w)
     emit(w, FreezeEvent("dump_failed", w.name, doc.get("blocked_for", 0.0),
-                        reason=f"{type(e).__name__}: {e}"), "error")
+                        reason=_redact.apply(w.config.redact, f"{type(e).__name__}: {e}")),
+         "error")
 
 
 def _limited(signature: str, window: float) -> bool:
@@ -136,7 +141,8 @@ def _capture(w: LoopWatch, kind: str, blocked_for: float, **more: Any) -> Snapsh
     more.setdefault("native", NATIVE_PENDING if cfg.native else NATIVE_OFF)
     return capture(kind=kind, loop=w.loop, info=w.info(), detected_at=time.time(),
                    blocked_for=blocked_for, threshold=more.pop("threshold", cfg.threshold),
-                   inflight=_inflight(w, now, subject), waits=w.waits, **more)
+                   inflight=_inflight(w, now, subject), waits=w.waits,
+                   contextvars=cfg.contextvars, **more)
 
 
 def _inflight(w: LoopWatch, now: float, subject: Any = None) -> Any:

@@ -5,9 +5,11 @@ Server, one line::
     freezewatch.aiohttp.setup(app, threshold=0.5)
 
 installs freezewatch when the app starts (on its loop), uninstalls it on
-cleanup, and wraps every request in a unit of work named ``"GET /path"``: a
-freeze dump says which request was running (method, path, age, request id),
-and a request open longer than ``stall_after`` gets a ``stall`` dump.
+cleanup, and wraps every request in a unit of work named by its route
+template (``"GET /webhook/{token}/update"``; a request no route matched: its
+path, redacted): a freeze dump says which request was running (method,
+route, age, request id), and a request open longer than ``stall_after``
+gets a ``stall`` dump.
 
 Client, one keyword::
 
@@ -15,7 +17,9 @@ Client, one keyword::
 
 records every outbound request as a unit of work with its phase, so dumps
 show e.g. ``GET http://users/list-users — status 200, headers received
-41.2 s ago, body not finished``.
+41.2 s ago, body not finished``. The URL is recorded without credentials,
+query or fragment, and through the redaction rule (``_redact``): a bot API's
+``/bot<TOKEN>/getUpdates`` becomes ``/bot123456:<redacted>/getUpdates``.
 
 Everything here runs on the loop thread; the units it opens are read by the
 watchdog thread as described in ``_inflight``.
@@ -61,7 +65,7 @@ def middleware(*, stall_after: float | None = None,
     async def freezewatch_middleware(request: web.Request,
                                      handler: _Handler) -> web.StreamResponse:
         rid = request.headers.get(request_id_header) if request_id_header else None
-        unit = open_unit(f"{request.method} {request.path}", "server", stall_after,
+        unit = open_unit(f"{request.method} {_route(request)}", "server", stall_after,
                          rid[:MAX_REQUEST_ID] if rid else None)
         if unit is None:  # no watched loop here
             return await handler(request)
@@ -71,6 +75,18 @@ def middleware(*, stall_after: float | None = None,
             close_unit(unit)
 
     return freezewatch_middleware
+
+
+def _route(request: web.Request) -> str:
+    """The matched resource's template (``/webhook/{token}/update``), else the path
+    (redacted by ``open_unit``): a path can carry a secret, a template cannot."""
+    try:
+        resource = request.match_info.route.resource
+        if resource is not None:
+            return str(resource.canonical)
+    except Exception:  # no match info (a sub-app mid-resolution, a test double)
+        pass
+    return request.path
 
 
 def setup(app: web.Application, *, stall_after: float | None = None,
@@ -106,11 +122,12 @@ def _unit(ctx: SimpleNamespace) -> Unit | None:
 
 
 def _safe_url(url: Any) -> str:
-    """The URL without query, fragment and credentials (dumps must not leak secrets)."""
+    """The URL without query, fragment and credentials (dumps must not leak secrets);
+    ``open_unit`` then applies the redaction rule (token-like path segments)."""
     try:
         return str(url.with_user(None).with_query(None).with_fragment(None))
     except Exception:  # not a yarl URL
-        return str(url).split("?", 1)[0]
+        return str(url).split("?", 1)[0].split("#", 1)[0]
 
 
 def _phase(phase: str, tail: str | None = None) -> Any:

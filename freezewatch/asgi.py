@@ -11,10 +11,13 @@ A pure ASGI middleware (no Starlette import): on the lifespan protocol's
 uvloop), before the app's startup handlers, and once the app has completed
 ``lifespan.shutdown`` it uninstalls what it installed; a server run without
 lifespan gets it installed on the first request instead.
-Every HTTP request (and websocket) is a unit of work named
-``"GET /path"``, so a freeze dump says which request was running (method,
-path, age, request id header) and a request open longer than
-``stall_after`` gets a ``stall`` dump. Runs on the loop thread only.
+Every HTTP request (and websocket) is a unit of work named by its route
+template once the router matched one (Starlette/FastAPI set
+``scope["route"]``: ``"GET /webhook/{token}/update"``), else by its path
+passed through the redaction rule (``_redact``), so a freeze dump says which
+request was running (method, route, age, request id header) and a request
+open longer than ``stall_after`` gets a ``stall`` dump. Runs on the loop
+thread only (the route is read by the watchdog thread, see ``_route_namer``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,22 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 REQUEST_ID_HEADER = "x-request-id"
 MAX_REQUEST_ID = 200
+
+
+def _route_namer(scope: Scope, method: str) -> Callable[[], str | None]:
+    """The request's name from its route template, once the router has set
+    ``scope["route"]`` (it does so after this middleware opened the unit).
+
+    Called on the watchdog thread: one dict read and one attribute read of
+    objects the router only ever replaces, never mutates in place.
+    """
+
+    def name() -> str | None:
+        route = scope.get("route")
+        path = getattr(route, "path", None)
+        return f"{method} {path}" if isinstance(path, str) and path else None
+
+    return name
 
 
 class FreezewatchMiddleware:
@@ -69,8 +88,9 @@ class FreezewatchMiddleware:
         if kind == "http" or kind == "websocket":
             if asyncio.get_running_loop() not in self._tried:
                 self._install()  # no lifespan (or it failed): install on first use
+            method = scope.get("method", "WS")
             unit = open_unit(
-                f"{scope.get('method', 'WS')} {scope.get('path', '')}",
+                f"{method} {scope.get('path', '')}",
                 "server" if kind == "http" else "websocket",
                 self.stall_after if kind == "http" else float("inf"),
                 self._request_id(scope),
@@ -78,6 +98,7 @@ class FreezewatchMiddleware:
             if unit is None:
                 await self.app(scope, receive, send)
                 return
+            unit.namer = _route_namer(scope, method)
             try:
                 await self.app(scope, receive, send)
             finally:

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from ._cli_errors import EXIT_FAILED, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_USAGE, CliError
+from ._dumpread import parse_dump, read_dump_bytes
+from ._redact import escape
 from ._version import __version__
 
 PROG = "freezewatch"
@@ -128,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog = f"{PROG} {args.command}"
         return {"run": _run, "show": _show, "report": _report}[args.command](args)
     except CliError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {escape(str(e))}", file=sys.stderr)
         return e.code
     except KeyboardInterrupt:
         return 130
@@ -136,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return 0
     except Exception as e:  # boundary: a bug or an odd file must not end in a traceback
-        print(f"{prog}: error: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"{prog}: error: internal error: {type(e).__name__}: {escape(str(e))}",
+              file=sys.stderr)
         return EXIT_FAILED
 
 
@@ -182,38 +185,47 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError(f"cannot run {cmd[0]}: {e.strerror or e}", EXIT_NOT_EXECUTABLE) from None
 
 
-# -- show -----------------------------------------------------------------------
+
+
 def load_dump(path: str) -> dict[str, Any]:
     """Read a JSON dump; CliError with one clear line when it is not one."""
+    shown = escape(path)
     if os.path.isdir(path):
-        raise CliError(f"{path} is a directory (for a directory: freezewatch report {path})")
+        raise CliError(f"{shown} is a directory (for a directory: freezewatch report {shown})")
     if path.endswith(".txt") and os.path.exists(path[:-4] + ".json"):
         path = path[:-4] + ".json"  # the person pointed at the twin; read the data
+        shown = escape(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_dump_bytes(path)
     except FileNotFoundError:
-        raise CliError(f"no such file: {path}") from None
+        raise CliError(f"no such file: {shown}") from None
     except OSError as e:
-        raise CliError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        doc = json.loads(data)
+        raise CliError(f"cannot read {shown}: {e.strerror or e}") from None
     except ValueError as e:
-        raise CliError(f"{path} is not a JSON dump: {e}") from None
+        raise CliError(f"{shown} is not a dump file: {e}") from None
+    try:
+        doc = parse_dump(data)
+    except ValueError as e:
+        raise CliError(f"{shown} is not a JSON dump: {escape(str(e))}") from None
     if not isinstance(doc, dict) or doc.get("schema") != "freezewatch/1":
-        raise CliError(f"{path} is not a freezewatch dump (no \"schema\": \"freezewatch/1\")")
+        raise CliError(f"{shown} is not a freezewatch dump (no \"schema\": \"freezewatch/1\")")
     return doc
 
 
 def _show(args: argparse.Namespace) -> int:
     from ._cli_color import colorize, want_color
     from ._pager import page
-    from ._snapshot.render import render
+    from ._snapshot.render import clean, render
 
-    doc = load_dump(args.file)
-    text = render(doc)
-    if want_color(args.color, sys.stdout):
-        text = colorize(text, doc)
+    doc = clean(load_dump(args.file))  # every string escaped: nothing raw reaches the terminal
+    try:
+        text = render(doc)
+        if want_color(args.color, sys.stdout):
+            text = colorize(text, doc)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as e:
+        # A file with the right schema but wrong types (a list where an object goes).
+        raise CliError(f"{escape(args.file)} is a malformed freezewatch dump "
+                       f"({type(e).__name__}: {escape(str(e))})") from None
     page(text, enabled=args.pager)  # $PAGER (else less) when stdout is a terminal
     return 0
 
@@ -227,7 +239,7 @@ def _report(args: argparse.Namespace) -> int:
         raise CliError(f"--top must be >= 0, got {args.top}", EXIT_USAGE)
 
     def warn(message: str) -> None:
-        print(f"{PROG} report: warning: {message}", file=sys.stderr)
+        print(f"{PROG} report: warning: {escape(message)}", file=sys.stderr)
 
     seen = None
     if args.html is not None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
+import stat
 import threading
 import time
 from pathlib import Path
@@ -158,23 +158,43 @@ def test_retention_not_undone_by_duration_rewrite(dump_dir: Path, events: Any) -
 
 
 def test_dump_dir_removed_mid_run(dump_dir: Path, events: Any) -> None:
-    """Dump dir deleted: dump_failed, the watchdog goes on, and dumps again once it is back."""
+    """Dump dir deleted while running: created again (0700) at the next dump."""
 
     async def main() -> freezewatch.LoopWatch:
         w = freezewatch.install(dump_dir=str(dump_dir), **FAST)
         await asyncio.sleep(0.1)
         shutil.rmtree(dump_dir)
         await _freeze(0.7)
+        return w
+
+    w = asyncio.run(main())
+    events.wait("freeze_ended")
+    assert w.freezes == 1 and w.dump_failures == 0
+    assert stat.S_IMODE(dump_dir.stat().st_mode) == 0o700
+    (path,) = dumps(dump_dir)
+    assert_frame_is(assert_contract(path)["blocking_frame"], pin(__file__, "helper"))
+
+
+def test_dump_dir_unusable_mid_run(dump_dir: Path, events: Any) -> None:
+    """Dump dir replaced by a file: dump_failed, the watchdog goes on, and dumps again
+    once the file is gone (the directory is created again)."""
+
+    async def main() -> freezewatch.LoopWatch:
+        w = freezewatch.install(dump_dir=str(dump_dir), **FAST)
+        await asyncio.sleep(0.1)
+        shutil.rmtree(dump_dir)
+        dump_dir.write_text("not a directory")
+        await _freeze(0.7)
         wait_for(lambda: events.named("freeze_ended"))
         assert w.active and w.dump_failures == 1 and w.freezes == 1
-        os.makedirs(dump_dir, mode=0o700)
+        dump_dir.unlink()
         await _freeze(0.7)  # the same line again: the failed dump does not rate-limit it
         return w
 
     w = asyncio.run(main())
     wait_for(lambda: len(events.named("freeze_ended")) == 2)
     failed = events.wait("dump_failed")
-    assert "No such file or directory" in failed["reason"]
+    assert "Not a directory" in failed["reason"]
     assert w.freezes == 2 and w.dump_failures == 1
     (path,) = dumps(dump_dir)
     assert_frame_is(assert_contract(path)["blocking_frame"], pin(__file__, "helper"))

@@ -263,14 +263,18 @@ def test_no_signal_while_python_runs(work: str, dump_dir: Path) -> None:
     assert not list(dump_dir.glob("freeze-*.json"))
 
 
-def test_gil_freeze_pinned_without_pyspy(dump_dir: Path, events: Any) -> None:
+def test_gil_freeze_pinned_without_pyspy(dump_dir: Path, events: Any, tmp_path: Path) -> None:
     """No py-spy at all: faulthandler, signalled by the sentinel, still pins the regex line;
     native.ok is false and says why."""
     subject = _calibrate(1.0)
+    gone = tmp_path / "py-spy"  # a missing pyspy_path is refused at install: remove it after
+    gone.write_text("#!/bin/sh\nexit 0\n")
+    gone.chmod(0o755)
 
     async def main() -> str:
         freezewatch.install(threshold=0.5, interval=0.05, dump_dir=str(dump_dir),
-                            pyspy_path="/nonexistent/py-spy")
+                            pyspy_path=str(gone))
+        gone.unlink()
         # Idle first: the watchdog parks and announces a quiet of about 2 s,
         # which the loop cuts short when it wakes: the sentinel must notice at
         # once, or it sleeps through this ~1 s freeze.

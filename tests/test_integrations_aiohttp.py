@@ -167,7 +167,8 @@ def test_client_units_end_with_the_response(dump_dir: Path) -> None:
 
 
 def test_aiohttp_handler_freeze_names_request(dump_dir: Path, events: Any) -> None:
-    """A handler calling time.sleep: freeze dump with GET /path, request id and exact line."""
+    """A handler calling time.sleep: freeze dump named by the route template, request id
+    and exact line."""
 
     async def slow_report(request: web.Request) -> web.Response:
         time.sleep(1.0)  # FREEZE-AIOHTTP
@@ -196,10 +197,10 @@ def test_aiohttp_handler_freeze_names_request(dump_dir: Path, events: Any) -> No
     assert doc["blocking_frame"]["file"] == __file__
     assert doc["blocking_frame"]["line"] == line_of(__file__, "# FREEZE-AIOHTTP")
     req = doc["request"]
-    assert (req["name"], req["kind"], req["request_id"]) == ("GET /reports/today", "server",
+    assert (req["name"], req["kind"], req["request_id"]) == ("GET /reports/{day}", "server",
                                                            "req-7")
     assert req["age"] >= 0.3
-    assert "Request:     GET /reports/today" in Path(str(path)[:-5] + ".txt").read_text()
+    assert "Request:     GET /reports/{day}" in Path(str(path)[:-5] + ".txt").read_text()
 
 
 def test_thousand_concurrent_requests_no_dump(dump_dir: Path, events: Any) -> None:

@@ -57,7 +57,8 @@ def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[in
 
 def fastapi_app(dump_dir: Path) -> Any:
     app = fastapi.FastAPI()
-    app.add_middleware(FreezewatchMiddleware, dump_dir=str(dump_dir), **FAST)
+    app.add_middleware(FreezewatchMiddleware, dump_dir=str(dump_dir), contextvars=("request_id",),
+                       **FAST)
 
     @app.get("/reports/daily")
     async def daily_report() -> dict[str, str]:

@@ -17,9 +17,9 @@ from layering_support import PACKAGE, cycles, graph, imports, modules
 # Lowest first. A module imports only from its own layer or those above it in this list.
 LAYERS: list[set[str]] = [
     # 0: pure data, the detector, the global state department, standalone programs
-    {"_state", "_events", "_config", "_detect", "_decisions", "_snapshot", "_snapshot.model",
+    {"_state", "_events", "_detect", "_decisions", "_snapshot", "_snapshot.model",
      "_rundelay", "_selector", "_sentinel_main", "_cli_errors", "_cli_color", "_boot", "_sinks",
-     "_version", "_pager", "_html_css", "_html_text",
+     "_version", "_pager", "_html_css", "_html_text", "_redact", "_sigcheck", "_dumpread",
      "_snapshot.cpu", "_snapshot.context", "_snapshot.render", "_snapshot.procview",
      "_sinks.scrub"},
     # 1: capture (reads frames, tasks, /proc), units of work in flight
@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
     # 2: the sinks and services; the layers outside the GIL
     {"_sinks.report", "_sinks.log", "_sinks.metrics", "_sinks.health", "_sinks.serve",
      "_sinks.sdnotify", "_sinks.dumpfile", "_sinks.retention", "_sinks.otel", "_sinks.sentry",
+     "_sinks.dumpdir", "_config",
      "_faulthandler", "_sentinel"},
     # 3: what the handle and the watchdog share
     {"_gil", "_registry"},

@@ -77,15 +77,34 @@ def test_live_freeze_has_structured_native_frames(dump_dir: Path, events: Any) -
     assert f"main ({__file__}:{_pin('sleep')})" in section
 
 
-def test_pyspy_missing_dump_still_written(dump_dir: Path, events: Any) -> None:
-    """py-spy not where configured: the dump is written, native.ok false with what to do."""
-    _freeze(dump_dir, 1.0, pyspy_path="/nonexistent/py-spy")
+def test_pyspy_missing_rejected_at_install(dump_dir: Path) -> None:
+    """pyspy_path naming no file: ValueError at install, naming the setting and value."""
+    with pytest.raises(ValueError, match=r"pyspy_path .*no such file.*'/nonexistent/py-spy'"):
+        _config.load({"pyspy_path": "/nonexistent/py-spy", "dump_dir": str(dump_dir)})
+
+
+def test_pyspy_gone_after_install_dump_still_written(dump_dir: Path, events: Any,
+                                                      tmp_path: Path) -> None:
+    """py-spy removed after install: the dump is written, native.ok false with what to do."""
+    fake = tmp_path / "py-spy"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+
+    async def main() -> None:
+        freezewatch.install(threshold=0.3, interval=0.05, dump_dir=str(dump_dir),
+                            pyspy_path=str(fake))
+        fake.unlink()
+        await asyncio.sleep(0.2)
+        time.sleep(1.0)  # pin: gone
+        await asyncio.sleep(0.2)
+
+    asyncio.run(main())
     events.wait("freeze_ended")
     doc = _final_dump(dump_dir)
     assert doc["native"]["ok"] is False
-    assert "py-spy not found at '/nonexistent/py-spy'" in doc["native"]["error"]
+    assert f"py-spy not found at {str(fake)!r}" in doc["native"]["error"]
     assert "pip install py-spy" in doc["native"]["error"]
-    assert doc["blocking_frame"]["line"] == _pin("sleep")
+    assert doc["blocking_frame"]["line"] == _pin("gone")
 
 
 def test_pyspy_absent_from_interpreter_dir_and_path(tmp_path: Path,

@@ -109,7 +109,7 @@ def test_freeze_event_sent_while_frozen(dump_dir: Path, events: Any, sentry: Sen
     tags = event["tags"]
     assert (tags["loop"], tags["kind"], tags["gil_held"]) == (LOOP, "freeze", "false")
     assert tags["cause"] == doc["cause"]
-    assert event["request"] == {"method": "GET", "url": "/list-users?<redacted>"}
+    assert event["request"] == {"method": "GET", "url": "/list-users"}  # no query string
     assert event["contexts"]["freezewatch"]["dump_path"] == str(path)
     ((head, payload),) = attachments
     txt_path = Path(str(path)[: -len(".json")] + ".txt")
@@ -280,6 +280,6 @@ def test_extras_absent_nothing_attempted(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     # structlog's default config prints the freeze's events first; our line is the last
     assert out.stdout.splitlines()[-1].split() == ["False", "False", "0", "[]"]
-    assert "freeze_detected" in out.stdout
+    assert "freeze_detected" in out.stdout + out.stderr  # the log: stderr unless configured
     (path,) = dumps(tmp_path)
     assert_contract(path)

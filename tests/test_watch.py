@@ -127,15 +127,16 @@ def test_watch_without_watched_loop_is_a_noop() -> None:
 
 
 def test_dump_carries_structlog_context_of_blocking_task(dump_dir: Path, events: Any) -> None:
-    """Python >= 3.12: the blocking task's structlog contextvars are in the dump; absent before."""
+    """Python >= 3.12: the allow-listed structlog contextvars of the blocking task are in
+    the dump (others are not); absent before."""
 
     async def handler() -> None:
-        structlog.contextvars.bind_contextvars(request_id="req-42", user="ann")
+        structlog.contextvars.bind_contextvars(request_id="req-42", user="ann", api_key="k-1")
         await asyncio.sleep(0.1)
         time.sleep(0.8)
 
     async def main() -> None:
-        freezewatch.install(dump_dir=str(dump_dir), **FAST)
+        freezewatch.install(dump_dir=str(dump_dir), contextvars=("request_id", "user"), **FAST)
         structlog.contextvars.bind_contextvars(request_id="main-not-this")
         await asyncio.sleep(0.1)
         await asyncio.create_task(handler())

@@ -29,6 +29,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from .._events import FreezeEvent
+from .._redact import escape
 from . import report as _report
 from .report import Report
 
@@ -117,8 +118,12 @@ class EventSink:
 
 def _log_fields(event: FreezeEvent) -> dict[str, object]:
     """The event's fields, plus the contract's names for its seconds: ``duration``
-    on ``*_ended`` events, ``blocked_for`` on the others (``seconds`` stays too)."""
-    fields = event.fields()
+    on ``*_ended`` events, ``blocked_for`` on the others (``seconds`` stays too).
+
+    Text fields are escaped (``_redact.escape``): a request name or a file name
+    with ESC or a newline in it must not reach a console or forge a log line.
+    """
+    fields = {k: escape(v) if isinstance(v, str) else v for k, v in event.fields().items()}
     fields["duration" if event.event.endswith("_ended") else "blocked_for"] = event.seconds
     return fields
 

@@ -1,29 +1,67 @@
-"""Bound the dump directory by number of dumps and total bytes, oldest removed first."""
+"""Bound the dump directory by number of dumps and total bytes, oldest removed first.
+
+Run after every write *and every rewrite* of a dump: a rewrite (native stack,
+duration) grows a dump after the write's retention ran. Temporary files
+count: those left behind by a killed writer are removed, those still being
+written count towards the byte bound. Entries are read with ``lstat`` and
+removed relative to the directory descriptor; nothing is followed.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import stat
+import time
+
+from .dumpdir import open_dir, tmp_is_stale
 
 _DUMP = re.compile(r"^((?:freeze|stall)-(\d{8}T\d{6})Z?-\d+-(\d+))\.(?:json|txt)$")
 
 
-def enforce(dump_dir: str, max_dumps: int, max_bytes: int, keep: str = "") -> list[str]:
-    """Delete the oldest dump pairs until both bounds hold; return the removed stems."""
+def enforce(dump_dir: str | int, max_dumps: int, max_bytes: int, keep: str = "") -> list[str]:
+    """Delete the oldest dump pairs until both bounds hold; return the removed stems.
+
+    ``dump_dir``: a path or an open directory descriptor (see ``dumpdir.open_dir``).
+    ``keep``: a stem never removed (the dump just written).
+    """
+    if isinstance(dump_dir, int):
+        return _enforce(dump_dir, max_dumps, max_bytes, keep)
+    fd = open_dir(dump_dir, create=False)
+    try:
+        return _enforce(fd, max_dumps, max_bytes, keep)
+    finally:
+        os.close(fd)
+
+
+def _enforce(dir_fd: int, max_dumps: int, max_bytes: int, keep: str) -> list[str]:
     stems: dict[str, list[tuple[str, int]]] = {}
     age: dict[str, tuple[str, int]] = {}
-    with os.scandir(dump_dir) as it:
+    total = 0
+    now = time.time()
+    with os.scandir(dir_fd) as it:
         for entry in it:
-            m = _DUMP.match(entry.name)
-            if not m:
-                continue
+            name = entry.name
             try:
-                st = entry.stat()
+                st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            stems.setdefault(m.group(1), []).append((entry.path, st.st_size))
+            if name.startswith("."):
+                stale = tmp_is_stale(name, st.st_mtime, now)
+                if stale:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=dir_fd)
+                elif stale is False:
+                    total += st.st_size  # being written: it will take this room
+                continue
+            m = _DUMP.match(name)
+            if not m:
+                continue
+            size = st.st_size if stat.S_ISREG(st.st_mode) else 0
+            stems.setdefault(m.group(1), []).append((name, size))
             age[m.group(1)] = (m.group(2), int(m.group(3)))
-    total = sum(size for files in stems.values() for _, size in files)
+            total += size
     # Oldest first by the UTC time in the name, then by sequence. Not by mtime:
     # a freeze's dump is rewritten (duration) when it ends, which is no reason to keep it.
     order = sorted(stems, key=lambda s: age[s])
@@ -33,11 +71,9 @@ def enforce(dump_dir: str, max_dumps: int, max_bytes: int, keep: str = "") -> li
             break
         if stem == keep:
             continue
-        for path, size in stems[stem]:
-            try:
-                os.unlink(path)
-                total -= size
-            except FileNotFoundError:
-                total -= size
+        for name, size in stems[stem]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dir_fd)
+            total -= size
         removed.append(stem)
     return removed

@@ -51,7 +51,10 @@ def capture(
     extra: dict[str, Any] | None = None,
     waits: WaitSampler | None = None,
     cpu_before: _cpu.CpuSample | None = None,
+    contextvars: tuple[str, ...] = (),
 ) -> Snapshot:
+    """``contextvars``: the structlog context keys allowed into the dump (the
+    ``contextvars`` setting); none by default."""
     errors: list[str] = []
     # A freeze's kernel view compares the loop thread's CPU time with an
     # earlier sample: the one taken when the unanswered heartbeat was sent
@@ -76,8 +79,8 @@ def capture(
     if stalled_task is not None:
         chain, _ = _safe(errors, "stalled_task", lambda: task_chain(stalled_task), ((), None))
     subject = stalled_task if stalled_task is not None else current
-    context = _safe(errors, "context", lambda: task_context(subject), None)
-    # issue 15 (OTel/Sentry sinks): the trace of the request in flight, if OTel is in use
+    context = _safe(errors, "context", lambda: task_context(subject, contextvars), None)
+    # The trace of the request in flight, if OTel or Sentry is in use (their sinks).
     otel_span = _safe(errors, "otel_trace", lambda: span_of_task(subject), None)
     sentry_span = _safe(errors, "sentry_trace", lambda: sentry_trace_of_task(subject), None)
     skip = {info.thread_id} if info.thread_id is not None else set()
@@ -94,7 +97,7 @@ def capture(
     doc_extra = dict(extra or {})
     if kind == "stall":
         doc_extra["await_chain"] = [f.to_json() for f in chain]
-    if context is not None:  # Python >= 3.12 with a task: its structlog contextvars
+    if context is not None:  # Python >= 3.12, a task, keys allowed: its structlog contextvars
         doc_extra["context"] = context
     if otel_span is not None:
         doc_extra["otel_trace"] = {"trace_id": otel_span[0], "span_id": otel_span[1]}

@@ -23,10 +23,12 @@ import ctypes
 import ctypes.util
 import json
 import os
+import selectors
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 from .model import Native, NativeFrame, NativeThread
@@ -37,6 +39,11 @@ PTRACE_ADVICE = (
     "or set kernel.yama.ptrace_scope=0"
 )
 MAX_NATIVE_FRAMES = 200
+MAX_NATIVE_THREADS = 1000
+MAX_OUTPUT = 256 * 1024
+"""Bytes of py-spy output kept (stdout; stderr likewise): a process with very many
+threads or a misbehaving py-spy must not make a dump of tens of megabytes. Beyond
+it the output is drained and dropped, and the native part says so (ok: false)."""
 TIMED_OUT = 124
 
 # argv: limit, target pid, py-spy argv... Waits for one byte on stdin (the
@@ -130,18 +137,58 @@ def capture_native(pid: int, pyspy: str | None, limit: float, *, source: str = "
         return Native(False, error=f"py-spy could not run: {e}", source=source)
     try:
         allow_ptracer(proc.pid)
-        try:
-            # The inner limit is the supervisor's; this one is only a backstop
-            # for the supervisor itself (it is not ptrace-stopped, we may be).
-            out, err = proc.communicate(b"g", timeout=limit + 10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
+        # The inner limit is the supervisor's; this one is only a backstop
+        # for the supervisor itself (it is not ptrace-stopped, we may be).
+        out, err, over = read_bounded(proc, b"g", limit + 10, MAX_OUTPUT)
     finally:
         allow_ptracer(ptracer_after)
         resume_if_stopped()
+    if over:
+        return Native(False, error=f"py-spy output exceeded {MAX_OUTPUT // 1024} kB and was "
+                      "dropped", source=source)
     return native_from_output(proc.returncode, out.decode(errors="replace"),
                               err.decode(errors="replace"), limit, source)
+
+
+def read_bounded(proc: subprocess.Popen[bytes], data: bytes, timeout: float,
+                 limit: int) -> tuple[bytes, bytes, bool]:
+    """``proc.communicate(data, timeout)`` keeping at most ``limit`` bytes of each
+    stream (the rest is read and dropped, so the child never blocks on a full
+    pipe); kills ``proc`` at the timeout. Returns (stdout, stderr, over limit)."""
+    stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
+    if stdin is None or stdout is None or stderr is None:
+        raise ValueError("read_bounded needs stdin, stdout and stderr pipes")
+    try:
+        stdin.write(data)
+        stdin.close()
+    except OSError:  # it exited already
+        pass
+    out, err = bytearray(), bytearray()
+    bufs = {stdout.fileno(): out, stderr.fileno(): err}
+    over = False
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        for fd in bufs:
+            sel.register(fd, selectors.EVENT_READ)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                proc.kill()
+                break
+            for key, _ in sel.select(left):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fd)
+                    continue
+                buf = bufs[key.fd]
+                if len(buf) + len(chunk) > limit:
+                    over = True
+                    chunk = chunk[: max(0, limit - len(buf))]
+                buf += chunk
+    stdout.close()
+    stderr.close()
+    proc.wait()
+    return bytes(out), bytes(err), over
 
 
 def pyspy_argv(pyspy: str, pid: int) -> list[str]:
@@ -154,6 +201,9 @@ def native_from_output(code: int | None, out: str, err: str, limit: float,
     if code in (TIMED_OUT, -signal.SIGKILL):
         return Native(False, error=(f"py-spy timed out after {limit:g} s and was killed "
                                     "(SIGINT, then SIGKILL)"), source=source)
+    if len(out) > MAX_OUTPUT:
+        return Native(False, error=f"py-spy output exceeded {MAX_OUTPUT // 1024} kB and was "
+                      "dropped", source=source)
     if code != 0 or not out.strip():
         lines = (err or out).strip().splitlines()
         msg = lines[-1] if lines else f"exit status {code}"
@@ -164,9 +214,11 @@ def native_from_output(code: int | None, out: str, err: str, limit: float,
         return Native(False, error=f"py-spy failed: {msg}", source=source)
     try:
         threads = parse_pyspy_json(out)
-    except (ValueError, TypeError, KeyError, AttributeError):
-        # An old py-spy without --json support, or output we do not know: keep it as text.
-        return Native(True, text=out, source=source)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        # An old py-spy without --json support, or output we do not know: not a
+        # native stack we can vouch for. The text stays (bounded) for a person.
+        return Native(False, text=out, error="py-spy output is not the JSON expected from "
+                      "'py-spy dump --json' (an old py-spy?)", source=source)
     return Native(True, text=render_text(threads), threads=threads, source=source)
 
 
@@ -180,7 +232,9 @@ def parse_pyspy_json(text: str) -> tuple[NativeThread, ...]:
     if not isinstance(raw, list):
         raise ValueError("py-spy JSON: not a list")
     out: list[NativeThread] = []
-    for t in raw:
+    for t in raw[:MAX_NATIVE_THREADS]:
+        if not isinstance(t, dict):
+            raise ValueError("py-spy JSON: a thread is not an object")
         frames = []
         for f in t.get("frames") or []:
             frames.append(NativeFrame(

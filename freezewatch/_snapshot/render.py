@@ -3,6 +3,11 @@
 Reads top-down like a crash report: one headline, the blocking line and the
 application line that led to it, then the detail. Renders from the JSON
 document, not from live objects, so the same code can render a dump file.
+
+Every string of the document is escaped first (``clean``): request paths,
+task names, file names and source lines come from the application and its
+clients, and a control character in them (ESC, BEL, CR, a newline, C1, a
+bidi override) must reach neither a terminal nor a forged line of the .txt.
 """
 
 from __future__ import annotations
@@ -11,7 +16,26 @@ import datetime
 import os
 from typing import Any
 
+from .._redact import escape, escape_lines
+
 MAX_GROUPS_SHOWN = 50
+MAX_DEPTH = 32
+"""Nesting kept by ``clean``; deeper (a hostile file) becomes a marker, not a RecursionError."""
+
+
+def clean(value: Any, depth: int = 0, key: str = "") -> Any:
+    """A copy of a JSON value with every string escaped (``_redact.escape``);
+    multi-line ``text`` (py-spy's) keeps its line breaks."""
+    if isinstance(value, str):
+        return escape_lines(value) if key == "text" else escape(value)
+    if depth >= MAX_DEPTH:
+        return "<nested too deep>"
+    if isinstance(value, dict):
+        return {escape(k) if isinstance(k, str) else k: clean(v, depth + 1, str(k))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean(v, depth + 1) for v in value]
+    return value
 
 
 def _when(ts: Any) -> str:
@@ -81,6 +105,8 @@ def _loop_native(lines: list[str], doc: dict[str, Any]) -> None:
 
 
 def render(doc: dict[str, Any]) -> str:
+    """The .txt report of a dump document (escaped: see ``clean``)."""
+    doc = clean(doc)
     kind = doc.get("kind", "?")
     loop = doc.get("loop") or {}
     lines: list[str] = []
