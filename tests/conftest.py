@@ -66,18 +66,6 @@ def wait_for(pred: Callable[[], Any], timeout: float = 10.0, every: float = 0.02
         time.sleep(every)
 
 
-def line_of(file: str, marker: str) -> int:
-    """The line of ``file`` that carries ``marker`` (a comment at the line under test)."""
-    lines = Path(file).read_text().splitlines()
-    (hit,) = [i for i, text in enumerate(lines, 1) if text.rstrip().endswith(marker)]
-    return hit
-
-
-def tagged_line(path: str | Path, tag: str) -> int:
-    """The line of ``path`` tagged with the comment ``# <- tag``."""
-    return line_of(str(path), f"# <- {tag}")
-
-
 def dumps(dump_dir: Path, *, kind: str = "freeze") -> list[Path]:
     """The ``<kind>-*.json`` dumps in ``dump_dir``, oldest (lowest sequence number)
     first; none if the directory does not exist. ``kind="*"`` is every kind."""
