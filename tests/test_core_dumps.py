@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import assert_contract, wait_for
-from core_support import FAST, assert_frame_is, dumps, pin
+from conftest import assert_contract, dumps, only_dump, wait_for
+from core_support import FAST, assert_frame_is, pin
 
 import freezewatch
 
@@ -152,8 +152,7 @@ def test_retention_not_undone_by_duration_rewrite(dump_dir: Path, events: Any) -
 
     asyncio.run(main())
     events.wait("freeze_ended")
-    (only,) = dumps(dump_dir)
-    assert assert_contract(only)["kind"] == "freeze-update"
+    assert only_dump(dump_dir)["kind"] == "freeze-update"
     assert len(list(dump_dir.iterdir())) == 2  # the .json and its .txt, nothing else
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_contract, dumps, line_of
+from conftest import assert_contract, dumps
+from core_support import pin
 
 import freezewatch
 from freezewatch._snapshot import cause, cpu, procview
@@ -35,7 +36,7 @@ def _freeze_doc(dump_dir: Path, events: Any, block: Callable[[], None]) -> dict[
 
     asyncio.run(main())
     events.wait("freeze_ended", timeout=20)
-    first = dumps(dump_dir, "freeze-")[0]
+    first = dumps(dump_dir)[0]
     return assert_contract(first)
 
 
@@ -76,13 +77,13 @@ def test_blocking_socket_read_names_syscall_fd_and_peer(
     try:
         def block() -> None:
             assert client.recv(64).startswith(b"HTTP/1.1 200")
-            client.recv(64)  # kernel: blocked read
+            client.recv(64)  # pin: blocked-read
 
         doc = _freeze_doc(dump_dir, events, block)
     finally:
         client.close()
         server.close()
-    assert doc["blocking_frame"]["line"] == line_of(__file__, "# kernel: blocked read")
+    assert doc["blocking_frame"]["line"] == pin(__file__, "blocked-read").line
     assert doc["cause"] == "blocked syscall"
     k = doc["kernel"]
     assert k["ok"] is True, k
@@ -93,7 +94,7 @@ def test_blocking_socket_read_names_syscall_fd_and_peer(
     assert k["tcp"]["local"] == local, k
     assert k["cpu_growing"] is False, k
     assert f"\u2192 127.0.0.1:{server.port}" in doc["kernel_summary"]
-    txt = Path(str(dumps(dump_dir, "freeze-")[0])[:-5] + ".txt").read_text()
+    txt = Path(str(dumps(dump_dir)[0])[:-5] + ".txt").read_text()
     (cause,) = [ln for ln in txt.splitlines() if ln.startswith("Cause:")]
     assert cause.startswith(f"Cause:       blocked syscall \u2014 blocked in {k['syscall']}(fd ")
     assert f"TCP {local} \u2192 127.0.0.1:{server.port}" in cause
@@ -105,11 +106,11 @@ def test_pure_python_spin_is_cpu(dump_dir: Path, events: Any) -> None:
 
     def block() -> None:
         end = time.monotonic() + BLOCK
-        while time.monotonic() < end:  # kernel: spin
+        while time.monotonic() < end:  # pin: spin
             pass
 
     doc = _freeze_doc(dump_dir, events, block)
-    assert doc["blocking_frame"]["line"] == line_of(__file__, "# kernel: spin")
+    assert doc["blocking_frame"]["line"] == pin(__file__, "spin").line
     assert doc["cause"] == "CPU spin", doc["kernel"]
     assert doc["kernel"]["cpu_growing"] is True, doc["kernel"]
     assert doc["kernel"]["cpu_delta"] > 0
@@ -129,11 +130,11 @@ def test_lock_held_elsewhere_is_lock_wait(dump_dir: Path, events: Any) -> None:
     def block() -> None:
         threading.Thread(target=holder, name="lock-holder", daemon=True).start()
         held.wait(5)
-        with lock:  # kernel: lock wait
+        with lock:  # pin: lock-wait
             pass
 
     doc = _freeze_doc(dump_dir, events, block)
-    assert doc["blocking_frame"]["line"] == line_of(__file__, "# kernel: lock wait")
+    assert doc["blocking_frame"]["line"] == pin(__file__, "lock-wait").line
     assert doc["cause"] == "lock wait", doc["kernel"]
     assert doc["kernel"]["syscall"] == "futex"
     assert doc["kernel"]["cpu_growing"] is False
@@ -161,7 +162,7 @@ class _SlowFinalizer:
         self.me = self
 
     def __del__(self) -> None:
-        time.sleep(BLOCK)  # kernel: finalizer
+        time.sleep(BLOCK)  # pin: finalizer
 
 
 def test_garbage_collection(dump_dir: Path, events: Any) -> None:
@@ -172,7 +173,7 @@ def test_garbage_collection(dump_dir: Path, events: Any) -> None:
         gc.collect()
 
     doc = _freeze_doc(dump_dir, events, block)
-    assert doc["blocking_frame"]["line"] == line_of(__file__, "# kernel: finalizer")
+    assert doc["blocking_frame"]["line"] == pin(__file__, "finalizer").line
     assert doc["cause"] == "garbage collection"
 
 
