@@ -57,6 +57,7 @@ class LoopWatch:
         self.inflight: dict[int, Unit] = {}
         self.dumps: list[str] = []
         self.dump_failures = 0
+        self.last_dump_error: str | None = None
         self.closed = False
         self.install_thread = install_thread
         self.caller_thread = threading.get_ident()  # install() builds the handle

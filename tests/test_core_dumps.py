@@ -199,3 +199,5 @@ def test_dump_dir_unusable_mid_run(dump_dir: Path, events: Any) -> None:
     assert_frame_is(assert_contract(path)["blocking_frame"], pin(__file__, "helper"))
     first, second = events.named("freeze_detected")
     assert "dump_path" not in first and second["dump_path"] == str(path)
+    # The event of the freeze whose dump failed says so, and why (not just no path).
+    assert first["reason"].startswith("dump_failed: ") and "Not a directory" in first["reason"]
