@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -192,3 +193,46 @@ def test_tcp_addresses_decoded() -> None:
     assert procview._endpoint("0100007F:1F90") == "127.0.0.1:8080"
     assert procview._endpoint("00000000000000000000000001000000:0050") == "[::1]:80"
     assert procview._endpoint("0000000000000000FFFF00000100007F:1F90") == "127.0.0.1:8080"
+
+
+@linux_only
+def test_forked_child_kernel_view_names_syscall_and_peer(tmp_path: Path) -> None:
+    """gunicorn-style: install() at import, os.fork(), the child's loop blocks in
+    recv(): its dump has the child's own thread's syscall and the TCP peer (threading
+    keeps the parent's native id for the forking thread after a fork)."""
+    dump_dir = tmp_path / "dumps"
+    script = tmp_path / "preload.py"
+    script.write_text(f"""
+import asyncio, os, socket, sys, threading, time
+import freezewatch
+
+freezewatch.install(threshold=0.3, interval=0.05, dump_dir={str(dump_dir)!r}, native=False)
+server = socket.create_server(("127.0.0.1", 0))
+port = server.getsockname()[1]
+pid = os.fork()
+if pid == 0:
+    async def main():
+        await asyncio.sleep(0.2)
+        client = socket.create_connection(("127.0.0.1", port))
+        client.recv(64)  # pin: child-read
+        await asyncio.sleep(0.3)
+    asyncio.run(main())
+    os._exit(0)
+conn, _ = server.accept()
+time.sleep(1.2)  # the child's read waits for this long
+conn.sendall(b"late")
+_, status = os.waitpid(pid, 0)
+print(port, status, pid)
+""")
+    proc = subprocess.run([sys.executable, "-W", "error", str(script)], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    port, status, child = proc.stdout.split()
+    assert status == "0", proc.stderr
+    (path,) = dumps(dump_dir)
+    doc = assert_contract(path)
+    assert doc["pid"] == int(child)  # the child's own dump
+    assert doc["blocking_frame"]["line"] == pin(script, "child-read").line
+    k = doc["kernel"]
+    assert k["ok"] is True and k["syscall"] in ("recvfrom", "read"), k
+    assert k["tcp"]["peer"] == f"127.0.0.1:{port}", k
