@@ -30,7 +30,7 @@ from typing import Any
 
 from . import primitives as P
 from .tasks import _task_name, raw_chain
-from .wait_source import MISSING, code_info, frame_locals, line_paths, resolve, static_attr
+from .wait_source import MISSING, call_args, code_info, frame_locals, resolve, static_attr
 
 MAX_TASKS_SCANNED = 200_000
 """Tasks whose frames are searched for ``with`` blocks and completing calls."""
@@ -305,12 +305,18 @@ class WaitWorld:
                 if P.closure_var(cb, P.RCT_CALLBACK, "future") is cf:
                     return True
             return False
-        f = wait.at  # uvloop: no visible ready queue; read the waiting line
-        if f is None or not self.frozen:
+        # uvloop: no visible ready queue. A pending future that no worker runs and
+        # nothing is chained to yet, in a function that calls
+        # run_coroutine_threadsafe(..., <this loop>): its callback waits on this loop.
+        f = wait.at
+        if f is None or not self.frozen or static_attr(cf, "_state") != "PENDING" or \
+                P.callbacks(cf):
             return False
-        paths = line_paths(f.f_code, f.f_lineno or 0)
-        return any(p[-1] == "run_coroutine_threadsafe" for p, _ in paths) and any(
-            resolve(p, f) is self.loop for p, _ in paths)
+        for args in call_args(f.f_code, "run_coroutine_threadsafe"):
+            target = args[1] if len(args) > 1 else None
+            if target is not None and resolve(target, f) is self.loop:
+                return True
+        return False
 
 
 def _aliases(obj: Any) -> list[Any]:

@@ -202,6 +202,21 @@ def line_paths(code: types.CodeType, line: int) -> list[tuple[Path, str]]:
     return out
 
 
+def call_args(code: types.CodeType, func: str) -> list[tuple[Path | None, ...]]:
+    """The arguments (as dotted names, None for anything else) of every call of a
+    function named ``func`` in this code's own body: ``run_coroutine_threadsafe(c, loop)``."""
+    info = code_info(code)
+    if info.node is None:
+        return []
+    out = []
+    for node in _own_nodes(info.node):
+        if isinstance(node, ast.Call):
+            p = path_of(node.func)
+            if p and p[-1] == func:
+                out.append(tuple(path_of(a) for a in node.args))
+    return out
+
+
 # -- static values -------------------------------------------------------------
 _type_dict = type.__dict__["__dict__"].__get__
 _type_mro = type.__dict__["__mro__"].__get__
