@@ -51,10 +51,10 @@ def freeze_dump(dump_dir: Path, block: Callable[[], object],
 
 def stall_dump(dump_dir: Path, scenario: Callable[[asyncio.Event], Coroutine[Any, Any, Any]],
                waiter: Callable[[], Coroutine[Any, Any, Any]], *, waiter_name: str = "waiter",
-               settle: float = 0.05) -> tuple[dict[str, Any], str]:
+               settle: float = 0.05, cancel: bool = False) -> tuple[dict[str, Any], str]:
     """Run ``scenario(done)`` (it starts the holders as named tasks and returns them), then a
     task ``waiter_name`` inside ``watch(stall_after=...)`` running ``waiter()``; ``done`` is
-    set once the stall dump was written."""
+    set once the stall dump was written (and, with ``cancel``, every task cancelled)."""
 
     async def main() -> None:
         handle = freezewatch.install(dump_dir=str(dump_dir), **FAST)
@@ -67,11 +67,14 @@ def stall_dump(dump_dir: Path, scenario: Callable[[asyncio.Event], Coroutine[Any
                 await waiter()
 
         w = asyncio.create_task(watched(), name=waiter_name)
-        for _ in range(400):
-            if handle.stalls:
+        for _ in range(400):  # the dump is written just after handle.stalls counts it
+            if handle.stalls and dumps(dump_dir, "stall"):
                 break
             await asyncio.sleep(0.025)
         done.set()
+        if cancel:
+            for t in [w, *(started or ())]:
+                t.cancel()
         await asyncio.wait_for(asyncio.gather(w, *(started or ()), return_exceptions=True), 10)
 
     run_loop(asyncio.new_event_loop, main)

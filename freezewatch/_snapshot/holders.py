@@ -228,8 +228,14 @@ class WaitWorld:
         if mode == "task":
             return Found([Holder(self.task(obj), True, "the awaited task")])
         if mode == "children":
-            kids = static_attr(obj, "_children") if t == "asyncio.gather" else static_attr(
-                obj, "_tasks")
+            if t == "asyncio.gather":
+                # _GatheringFuture keeps _children in the C Future's instance dict, which
+                # has no __dict__ descriptor to read statically. The type is exactly
+                # asyncio's own (task_wait checked): a plain getattr runs no app code.
+                kids = getattr(obj, "_children", ())
+            else:
+                kids = static_attr(obj, "_tasks")
+            kids = () if kids is MISSING else kids
             pending = [k for k in list(kids or ()) if P.sub(k, asyncio.Future) and not k.done()]
             return Found([Holder(self.task(k), True, "an unfinished child") for k in pending],
                          None if pending else "no unfinished child")
