@@ -26,11 +26,12 @@ import dataclasses
 import threading
 import types
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 from . import primitives as P
 from .tasks import _task_name, raw_chain
-from .wait_source import MISSING, call_args, code_info, frame_locals, resolve, static_attr
+from .wait_source import MISSING, CodeInfo, call_args, code_info, frame_locals, resolve, static_attr
 
 MAX_TASKS_SCANNED = 200_000
 """Tasks whose frames are searched for ``with`` blocks and completing calls."""
@@ -74,8 +75,14 @@ class WaitWorld:
         self.frozen = kind != "stall"
         self._parties: dict[tuple[str, int], P.Party] = {}
         self._names = {t.ident: t.name for t in threading.enumerate()}
-        self._held: dict[int, tuple[Any, list[Holder]]] | None = None
-        self._calls: dict[int, tuple[Any, list[tuple[P.Party, str, int]]]] | None = None
+        self._held: dict[int, tuple[Any, list[Holder]]] = {}
+        self._calls: dict[int, tuple[Any, list[tuple[P.Party, str, int]]]] = {}
+        self._infos: dict[int, CodeInfo] = {}
+        self._cond_waits = {id(c) for c in _COND_WAITS}
+        self._scanned = 0  # 0: nothing indexed, 1: the threads, 2: threads and tasks
+        self._is_cond: dict[int, bool] = {}
+        self._leaf_types: dict[int, type] = {}  # id -> type (kept alive): chain ends seen
+        self._types: list[type] = []
         self._workers: list[tuple[P.Party, Any, Any]] | None = None
         self._me = threading.get_ident()
 
@@ -114,27 +121,116 @@ class WaitWorld:
                                          leaf=waiter if waiter is not None else leaf)
         return p
 
-    def all_parties(self) -> list[P.Party]:
-        out = [p for p in (self.thread(i) for i in list(self.tops) if i != self._me) if p]
-        out += [self.task(t) for t in self.tasks[:MAX_TASKS_SCANNED] if t is not self.current]
-        return out
+    def _sources(self, tasks: bool) -> Iterator[tuple[Any, list[types.FrameType]]]:
+        """(thread ident or task, frames outermost first) of the other threads, or of
+        the tasks that may matter: those with a frame in a function that has a
+        ``with`` block around its current line, a completing call, or a
+        ``Condition.wait``.
+
+        The hot loop of the holder search (10,000s of tasks): chains are walked
+        with direct attribute reads and nothing is allocated for a task that does
+        not matter (allocations would set off garbage collections of the heap)."""
+        if not tasks:
+            for ident in list(self.tops):
+                party = self.thread(ident) if ident != self._me else None
+                if party is not None:
+                    yield ident, party.frames
+            return
+        coro_t, gen_t = types.CoroutineType, types.GeneratorType
+        current = self.current
+        infos = self._infos
+        cond_waits = self._cond_waits
+        _id = id
+        for task in self.tasks[:MAX_TASKS_SCANNED]:
+            if task is current:
+                continue
+            try:
+                obj = task.get_coro()
+            except Exception:  # a foreign task type
+                continue
+            coro = obj
+            matters = False
+            for _ in range(100):
+                t = type(obj)
+                if t is coro_t:
+                    f, obj = obj.cr_frame, obj.cr_await
+                elif t is gen_t:
+                    f, obj = obj.gi_frame, obj.gi_yieldfrom
+                else:
+                    matters = obj is not None and not isinstance(obj, asyncio.Future) and _id(
+                        t) not in self._leaf_types  # an async generator, a compiled coroutine
+                    break
+                if f is None:
+                    break
+                code = f.f_code
+                info = infos.get(_id(code))
+                if info is None:
+                    info = infos[_id(code)] = code_info(code)
+                if info.calls or _id(code) in cond_waits:
+                    matters = True
+                    break
+                if info.withs:
+                    line = f.f_lineno or 0
+                    for w in info.withs:
+                        if w.first <= line <= w.last:
+                            matters = True
+                            break
+                    if matters:
+                        break
+            if matters:
+                frames, _leaf = raw_chain(coro)
+                if not frames and obj is not None:
+                    self._leaf_types[_id(type(obj))] = type(obj)
+                yield task, frames
+
+    def _party_of(self, source: Any, frames: list[types.FrameType]) -> P.Party | None:
+        if type(source) is int:
+            return self.thread(source)
+        key = ("task", id(source))
+        if key not in self._parties:  # the chain is already walked: keep it
+            waiter = getattr(source, "_fut_waiter", None)
+            self._parties[key] = P.Party("task", key, None, frames, task=source, leaf=waiter)
+        return self._parties[key]
 
     # -- indexes -------------------------------------------------------------------
-    def _build(self) -> None:
-        held: dict[int, tuple[Any, list[Holder]]] = {}
-        calls: dict[int, tuple[Any, list[tuple[P.Party, str, int]]]] = {}
-        for party in self.all_parties():
+    def _build(self, tasks: bool) -> None:
+        """Index the ``with`` blocks the threads (or the tasks) are inside, and their
+        completing calls, by the id of the object they name."""
+        held = self._held
+        calls = self._calls
+        infos = self._infos  # id(code) -> info, for this capture (the codes stay alive)
+        cond_waits = self._cond_waits
+        _id = id
+        for source, frames in self._sources(tasks):
+            hits = []
+            waits_in_cond = False
+            for f in frames:
+                code = f.f_code
+                info = infos.get(_id(code))
+                if info is None:
+                    info = infos[_id(code)] = code_info(code)
+                if info.calls:
+                    hits.append((f, info, f.f_lineno or 0))
+                elif info.withs:
+                    line = f.f_lineno or 0
+                    for w in info.withs:
+                        if w.first <= line <= w.last:
+                            hits.append((f, info, line))
+                            break
+                elif id(code) in cond_waits:
+                    waits_in_cond = True
+            if not hits:
+                continue
+            party = self._party_of(source, frames)
+            if party is None:
+                continue
             released: set[int] = set()  # conditions this party waits in (lock released)
-            for f in party.frames:
-                if f.f_code in _COND_WAITS:
+            for f in frames if waits_in_cond else ():
+                if id(f.f_code) in cond_waits:
                     cond = P.self_of(f)
                     released.add(id(cond))
                     released.add(id(static_attr(cond, "_lock")))
-            for f in party.frames:
-                info = code_info(f.f_code)
-                if not info.withs and not info.calls:
-                    continue
-                line = f.f_lineno or 0
+            for f, info, line in hits:
                 loc: Any = None
                 for w in info.withs:
                     if not w.first <= line <= w.last:
@@ -144,27 +240,47 @@ class WaitWorld:
                         obj = resolve(path, f, loc)
                         if obj is MISSING or id(obj) in released:
                             continue
-                        h = Holder(party, False, f"inside `{w.text}` (line {w.line})")
-                        for o in _aliases(obj):
+                        h = Holder(party, False, w.why)
+                        for o in self._aliases(obj):
                             held.setdefault(id(o), (o, []))[1].append(h)
                 for c in info.calls:
                     loc = frame_locals(f) if loc is None else loc
                     obj = resolve(c.path, f, loc)
                     if obj is not MISSING:
                         calls.setdefault(id(obj), (obj, []))[1].append((party, c.method, c.line))
-        self._held, self._calls = held, calls
+
+    def _aliases(self, obj: Any) -> list[Any]:
+        """A Condition is held by holding its lock: index both (type test cached)."""
+        t = type(obj)
+        cond = self._is_cond.get(id(t))
+        if cond is None:
+            cond = self._is_cond[id(t)] = (issubclass(t, threading.Condition)
+                                           or issubclass(t, asyncio.Condition))
+            self._types.append(t)  # keeps the id valid for this capture
+        if cond:
+            inner = static_attr(obj, "_lock")
+            if inner is not MISSING:
+                return [obj, inner]
+        return [obj]
+
+    def _scan(self, obj: Any) -> None:
+        """Threads first (a few); tasks (maybe 100,000s) only for an asyncio primitive or
+        when no thread matters. ``_scanned`` says what the index covers."""
+        if not self._scanned:
+            self._build(tasks=False)
+            self._scanned = 1
+        if self._scanned == 1 and (_is_asyncio(obj) or (id(obj) not in self._held
+                                                          and id(obj) not in self._calls)):
+            self._build(tasks=True)
+            self._scanned = 2
 
     def held_by(self, obj: Any) -> list[Holder]:
-        if self._held is None:
-            self._build()
-        assert self._held is not None
+        self._scan(obj)
         hit = self._held.get(id(obj))
         return list(hit[1]) if hit is not None and hit[0] is obj else []
 
     def completers(self, obj: Any, methods: tuple[str, ...], waiter: P.Party) -> list[Holder]:
-        if self._calls is None:
-            self._build()
-        assert self._calls is not None
+        self._scan(obj)
         hit = self._calls.get(id(obj))
         out: list[Holder] = []
         seen: set[tuple[str, int]] = set()
@@ -218,7 +334,7 @@ class WaitWorld:
             return found
         if t in ("asyncio.Lock", "asyncio.Condition") and mode == "acquire":
             return self._inferred(obj, "an asyncio.Lock records no owner")
-        if t in ("threading.Thread", "thread"):
+        if mode in ("join", "worker") and P.sub(obj, threading.Thread):
             ident = static_attr(obj, "_ident")
             party = self.thread(ident) if type(ident) is int else None
             if party is None:
@@ -289,6 +405,7 @@ class WaitWorld:
                 busy = [pools[id(default)]] if id(default) in pools else busy[:1]
             if busy:
                 wait.type = "executor"
+                wait.name = wait.name or _pool_name(busy[0])
                 return Found([Holder(p, True, "a busy worker of the pool") for p in busy[0]],
                              state="queued behind busy workers")
         hs = self.completers(cf, ("set_result", "set_exception"), waiter)
@@ -325,13 +442,11 @@ class WaitWorld:
         return False
 
 
-def _aliases(obj: Any) -> list[Any]:
-    """A Condition is held by holding its lock: index both."""
-    if P.sub(obj, threading.Condition) or P.sub(obj, asyncio.Condition):
-        inner = static_attr(obj, "_lock")
-        if inner is not MISSING:
-            return [obj, inner]
-    return [obj]
+def _is_asyncio(obj: Any) -> bool:
+    mod = type(obj).__module__
+    return mod.startswith("asyncio") or mod == "_asyncio"
+
+
 
 
 _GET_LOOPS = tuple(getattr(c, "get_loop", None) for c in (
@@ -352,6 +467,12 @@ def _loop_of(fut: Any) -> Any:
         except Exception:
             return None
     return None
+
+
+def _pool_name(workers: list[P.Party]) -> str:
+    """``ThreadPoolExecutor 'db' (2 workers)``, from the workers' names and count."""
+    prefix = workers[0].name.rsplit("_", 1)[0] if workers else "?"
+    return f"ThreadPoolExecutor {prefix!r} ({len(workers)} workers)"
 
 
 def _all_busy(workers: list[tuple[P.Party, Any, Any]], ex_id: int) -> bool:

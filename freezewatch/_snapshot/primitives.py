@@ -26,6 +26,7 @@ import types
 from typing import Any
 
 from .frames import is_app_file
+from .tasks import _task_name
 from .wait_source import MISSING, line_paths, resolve, spelled, static_attr
 
 LockType = type(threading.Lock())
@@ -38,11 +39,17 @@ class Party:
 
     kind: str  # "thread" | "task"
     key: tuple[str, int]  # ("thread", ident) | ("task", id(task))
-    name: str
+    label: str | None  # the name; None: read from the task when first needed
     frames: list[types.FrameType]  # outermost first (thread stack / await chain)
     ident: int | None = None
     task: Any = None
     leaf: Any = None  # what a task's chain ends on (its _fut_waiter)
+
+    @property
+    def name(self) -> str:
+        if self.label is None:
+            self.label = _task_name(self.task)
+        return self.label
 
 
 @dataclasses.dataclass(eq=False)
@@ -269,8 +276,9 @@ def task_wait(party: Party) -> Wait | None:
     if best is not None:
         family, mode, obj, i = best
         name, at = _name_on(obj, list(reversed(frames[:i])))
-        if family == "thread":
-            return Wait("thread", obj, "worker", at, name)
+        at = at or frames[i]  # no application frame: the library frame that waits
+        if family == "thread":  # a job handed to one worker thread (anyio.to_thread)
+            return Wait("executor", obj, "worker", at, name or "anyio.to_thread.run_sync")
         return Wait(type_name(family, obj), obj, mode, at, name)
     leaf = party.leaf
     if leaf is None or not sub(leaf, asyncio.Future):

@@ -54,7 +54,8 @@ class WithBlock:
     first: int  # first line of the body
     last: int  # last line of the body
     paths: tuple[Path, ...]  # the context expressions that are plain dotted names
-    text: str  # ``with self._lock:`` as written (first line)
+    text: str  # ``with self._lock:`` (the header, without comments)
+    why: str  # "inside `with self._lock:` (line 31)": what a holder found here is told
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,7 +130,7 @@ def _own_nodes(fn: ast.AST) -> list[ast.AST]:
     return out
 
 
-def _analyse(fn: ast.AST, lines: list[str]) -> CodeInfo:
+def _analyse(fn: ast.AST) -> CodeInfo:
     withs: list[WithBlock] = []
     calls: list[Call] = []
     for node in _own_nodes(fn):
@@ -137,8 +138,10 @@ def _analyse(fn: ast.AST, lines: list[str]) -> CodeInfo:
             paths = tuple(p for p in (path_of(i.context_expr) for i in node.items) if p)
             if paths:
                 last = max(getattr(s, "end_lineno", None) or s.lineno for s in node.body)
-                text = lines[node.lineno - 1].strip() if node.lineno <= len(lines) else ""
-                withs.append(WithBlock(node.lineno, node.body[0].lineno, last, paths, text))
+                head = "async with " if isinstance(node, ast.AsyncWith) else "with "
+                text = head + ", ".join(ast.unparse(i) for i in node.items) + ":"
+                withs.append(WithBlock(node.lineno, node.body[0].lineno, last, paths, text,
+                                       f"inside `{text}` (line {node.lineno})"))
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
               and node.func.attr in COMPLETERS):
             p = path_of(node.func.value)
@@ -158,7 +161,7 @@ def code_info(code: types.CodeType) -> CodeInfo:
         funcs = _functions(path)
         fn = funcs.get((code.co_firstlineno, code.co_name)) if funcs else None
         if fn is not None:
-            info = _analyse(fn, linecache.getlines(path))
+            info = _analyse(fn)
     if len(_codes) >= MAX_CACHE:
         _codes.clear()
     _codes[id(code)] = (code, info)
