@@ -352,7 +352,8 @@ class WaitWorld:
             else:
                 kids = static_attr(obj, "_tasks")
             kids = () if kids is MISSING else kids
-            pending = [k for k in list(kids or ()) if P.sub(k, asyncio.Future) and not k.done()]
+            pending = [k for k in list(kids or ()) if P.sub(k, asyncio.Future)
+                       and not (P.asyncio_own(k) and k.done())]
             return Found([Holder(self.task(k), True, "an unfinished child") for k in pending],
                          None if pending else "no unfinished child")
         if mode == "result" and P.sub(obj, concurrent.futures.Future):

@@ -296,9 +296,19 @@ def task_wait(party: Party) -> Wait | None:
     return None
 
 
+_type_module = type.__dict__["__module__"].__get__
+_ASYNCIO_MODULES = frozenset({"_asyncio", "asyncio.futures", "asyncio.tasks", "uvloop"})
+
+
+def asyncio_own(obj: Any) -> bool:
+    """An asyncio (or uvloop) future or task of the library's own classes: their
+    methods and getters (``done()``, ``_callbacks``) are library code, not the app's."""
+    return sub(obj, asyncio.Future) and _type_module(type(obj)) in _ASYNCIO_MODULES
+
+
 def callbacks(fut: Any) -> list[Any]:
     """The done callbacks of an asyncio or concurrent future (C getters / plain lists)."""
-    if sub(fut, asyncio.Future):
+    if asyncio_own(fut):
         try:
             cbs = fut._callbacks  # _asyncio.Future: a C getter; pure-Python Future: a list
         except AttributeError:
