@@ -54,6 +54,43 @@ def test_lock_held_by_named_thread(dump_dir: Path, loop_factory: LoopFactory) ->
     assert "Waits for (the blocked party first" in txt
 
 
+def test_lock_acquire_call_and_spin_on_locked(dump_dir: Path) -> None:
+    """`lock.acquire(timeout=...)` is a wait on the lock; a loop that only polls
+    `lock.locked()` is not waiting for it (no waits_for)."""
+    lock = threading.Lock()
+
+    def hold(ready: threading.Event, done: threading.Event) -> None:
+        with lock:
+            ready.set()
+            while not done.is_set(): time.sleep(0.01)  # pin: acquire-holder  # noqa: E701
+
+    def block() -> None:
+        if lock.acquire(timeout=5):  # pin: acquire-waiter
+            lock.release()
+
+    doc, txt = freeze_dump(dump_dir, block, [("acquire-holder", hold)])
+    assert_frame_is(doc["waits_for"][0]["waiter"]["frame"], pin(__file__, "acquire-waiter"))
+    assert_holder(doc, txt, "thread", "acquire-holder", pin(__file__, "acquire-holder"),
+                  on="threading.Lock")
+
+
+def test_polling_a_held_lock_is_no_wait(dump_dir: Path) -> None:
+    """A CPU-bound loop on a line that mentions a held lock does not wait for it."""
+    lock = threading.Lock()
+
+    def hold(ready: threading.Event, done: threading.Event) -> None:
+        with lock:
+            ready.set()
+            while not done.is_set(): time.sleep(0.01)  # noqa: E701
+
+    def block() -> None:
+        while lock.locked(): pass  # noqa: E701
+
+    doc, txt = freeze_dump(dump_dir, block, [("poll-holder", hold)])
+    assert "waits_for" not in doc
+    assert "held by" not in cause(txt)
+
+
 def test_rlock_owner_is_certain(dump_dir: Path) -> None:
     """threading.RLock knows its owner: certain true."""
     rlock = threading.RLock()

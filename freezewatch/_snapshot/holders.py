@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import threading
 import types
-import weakref
 from collections.abc import Iterator
 from typing import Any
 
+from . import jobs as _jobs
 from . import primitives as P
 from .tasks import _task_name, raw_chain
-from .wait_source import MISSING, CodeInfo, call_args, code_info, frame_locals, resolve, static_attr
+from .wait_source import MISSING, CodeInfo, code_info, frame_locals, resolve, static_attr
 
 MAX_TASKS_SCANNED = 200_000
 """Tasks whose frames are searched for ``with`` blocks and completing calls."""
@@ -44,22 +43,6 @@ _COMPLETING = {
 _COND_WAITS = frozenset(c for c in (getattr(f, "__code__", None) for f in (
     threading.Condition.wait, threading.Condition.wait_for,
     asyncio.Condition.wait, asyncio.Condition.wait_for)) if c is not None)
-
-
-@dataclasses.dataclass(eq=False)
-class Holder:
-    party: P.Party
-    certain: bool
-    why: str | None = None  # "inside `with self._lock:` (line 31)"
-    note: str | None = None
-
-
-@dataclasses.dataclass(eq=False)
-class Found:
-    holders: list[Holder]
-    unknown: str | None = None
-    state: str | None = None
-    self_loop: bool = False  # completed only by the blocked loop itself
 
 
 class WaitWorld:
@@ -75,7 +58,7 @@ class WaitWorld:
         self.frozen = kind != "stall"
         self._parties: dict[tuple[str, int], P.Party] = {}
         self._names = {t.ident: t.name for t in threading.enumerate()}
-        self._held: dict[int, tuple[Any, list[Holder]]] = {}
+        self._held: dict[int, tuple[Any, list[P.Holder]]] = {}
         self._calls: dict[int, tuple[Any, list[tuple[P.Party, str, int]]]] = {}
         self._infos: dict[int, CodeInfo] = {}
         self._cond_waits = {id(c) for c in _COND_WAITS}
@@ -83,7 +66,7 @@ class WaitWorld:
         self._is_cond: dict[int, bool] = {}
         self._leaf_types: dict[int, type] = {}  # id -> type (kept alive): chain ends seen
         self._types: list[type] = []
-        self._workers: list[tuple[P.Party, Any, Any]] | None = None
+        self.workers: list[tuple[P.Party, Any, Any]] | None = None  # jobs.py
         self._me = threading.get_ident()
 
     # -- parties -----------------------------------------------------------------
@@ -240,7 +223,7 @@ class WaitWorld:
                         obj = resolve(path, f, loc)
                         if obj is MISSING or id(obj) in released:
                             continue
-                        h = Holder(party, False, w.why)
+                        h = P.Holder(party, False, w.why)
                         for o in self._aliases(obj):
                             held.setdefault(id(o), (o, []))[1].append(h)
                 for c in info.calls:
@@ -274,48 +257,24 @@ class WaitWorld:
             self._build(tasks=True)
             self._scanned = 2
 
-    def held_by(self, obj: Any) -> list[Holder]:
+    def held_by(self, obj: Any) -> list[P.Holder]:
         self._scan(obj)
         hit = self._held.get(id(obj))
         return list(hit[1]) if hit is not None and hit[0] is obj else []
 
-    def completers(self, obj: Any, methods: tuple[str, ...], waiter: P.Party) -> list[Holder]:
+    def completers(self, obj: Any, methods: tuple[str, ...], waiter: P.Party) -> list[P.Holder]:
         self._scan(obj)
         hit = self._calls.get(id(obj))
-        out: list[Holder] = []
+        out: list[P.Holder] = []
         seen: set[tuple[str, int]] = set()
         for party, method, line in (hit[1] if hit is not None and hit[0] is obj else []):
             if method in methods and party is not waiter and party.key not in seen:
                 seen.add(party.key)
-                out.append(Holder(party, False, f"its function calls .{method}() (line {line})"))
-        return out
-
-    def workers(self) -> list[tuple[P.Party, Any, Any]]:
-        """(worker thread, its executor or None, the future it runs or None)."""
-        if self._workers is not None:
-            return self._workers
-        out = []
-        for ident in list(self.tops):
-            party = self.thread(ident)
-            if party is None:
-                continue
-            executor = running = None
-            is_worker = False
-            for f in party.frames:
-                if f.f_code is P.WORKER:
-                    is_worker = True
-                    ref = frame_locals(f).get("executor_reference")
-                    executor = ref() if type(ref) is weakref.ref else None
-                elif f.f_code is P.WORK_ITEM_RUN:
-                    item = P.self_of(f)
-                    running = static_attr(item, "future") if item is not MISSING else None
-            if is_worker:
-                out.append((party, executor, None if running is MISSING else running))
-        self._workers = out
+                out.append(P.Holder(party, False, f"its function calls .{method}() (line {line})"))
         return out
 
     # -- holders per primitive -------------------------------------------------------
-    def find(self, wait: P.Wait, waiter: P.Party) -> Found:
+    def find(self, wait: P.Wait, waiter: P.Party) -> P.Found:
         obj, t, mode = wait.obj, wait.type, wait.mode
         if t in ("threading.Lock", "threading.RLock") or (t == "threading.Condition"
                                                            and mode == "acquire"):
@@ -324,7 +283,7 @@ class WaitWorld:
             if owner is not None:
                 party = self.thread(owner)
                 if party is not None:
-                    return Found([Holder(party, True, "owner of the RLock")])
+                    return P.Found([P.Holder(party, True, "owner of the RLock")])
             return self._inferred(obj, "a plain Lock records no owner")
         if t in ("threading.Semaphore", "threading.BoundedSemaphore", "asyncio.Semaphore",
                  "asyncio.BoundedSemaphore"):
@@ -338,11 +297,11 @@ class WaitWorld:
             ident = static_attr(obj, "_ident")
             party = self.thread(ident) if type(ident) is int else None
             if party is None:
-                return Found([], "the thread is not running")
+                return P.Found([], "the thread is not running")
             why = "runs the job" if mode == "worker" else "the joined thread"
-            return Found([Holder(party, True, why)])
+            return P.Found([P.Holder(party, True, why)])
         if mode == "task":
-            return Found([Holder(self.task(obj), True, "the awaited task")])
+            return P.Found([P.Holder(self.task(obj), True, "the awaited task")])
         if mode == "children":
             if t == "asyncio.gather":
                 # _GatheringFuture keeps _children in the C Future's instance dict, which
@@ -354,139 +313,24 @@ class WaitWorld:
             kids = () if kids is MISSING else kids
             pending = [k for k in list(kids or ()) if P.sub(k, asyncio.Future)
                        and not (P.asyncio_own(k) and k.done())]
-            return Found([Holder(self.task(k), True, "an unfinished child") for k in pending],
+            return P.Found([P.Holder(self.task(k), True, "an unfinished child") for k in pending],
                          None if pending else "no unfinished child")
         if mode == "result" and P.sub(obj, concurrent.futures.Future):
-            return self._job(obj, wait, waiter)
+            return _jobs.find_job(self, obj, wait, waiter)
         methods = _COMPLETING.get(mode)
         if methods:
             hs = self.completers(obj, methods, waiter)
-            return Found(hs, None if hs else f"no thread or task calls {'/'.join(methods)} on it")
-        return Found([], "unknown")
+            return P.Found(hs, None if hs else f"no thread or task calls {'/'.join(methods)} on it")
+        return P.Found([], "unknown")
 
-    def _inferred(self, obj: Any, no_owner: str) -> Found:
+    def _inferred(self, obj: Any, no_owner: str) -> P.Found:
         if type(obj) is P.LockType and not obj.locked():
-            return Found([], "not held at capture (being acquired)")
+            return P.Found([], "not held at capture (being acquired)")
         hs = self.held_by(obj)
         if hs:
-            return Found(hs)
-        return Found([], f"{no_owner}; no thread or task is inside a with block on it")
-
-    def _job(self, cf: Any, wait: P.Wait, waiter: P.Party) -> Found:
-        """A concurrent.futures.Future: its worker, its busy pool, or a loop's task."""
-        for party, _ex, running in self.workers():
-            if running is cf:
-                return Found([Holder(party, True, "runs the job")])
-        loop_party = self.thread(self.loop_ident) if self.loop_ident is not None else None
-        if loop_party is not None and self._scheduled_here(cf, wait):
-            return Found([Holder(loop_party, True,
-                                 note="the coroutine is scheduled on this loop, which waits here")],
-                         self_loop=True)
-        for cb in P.callbacks(cf):
-            src = P.closure_var(cb, P.CHECK_CANCEL, "source")
-            if P.sub(src, asyncio.Future):
-                owner = self.task(src) if P.sub(src, asyncio.Task) else None
-                if owner is not None:
-                    here = _loop_of(src) is self.loop
-                    if here and self.frozen and loop_party is not None:
-                        return Found([Holder(loop_party, True, note=(
-                            f"its task {owner.name!r} runs on this loop, which waits here"))],
-                            self_loop=True)
-                    return Found([Holder(owner, True, "the coroutine's task")])
-        state = static_attr(cf, "_state")
-        if state == "PENDING":
-            pools: dict[int, list[P.Party]] = {}
-            for party, ex, running in self.workers():
-                if ex is not None and running is not None:
-                    pools.setdefault(id(ex), []).append(party)
-            default = static_attr(self.loop, "_default_executor")
-            busy = [parties for i, parties in pools.items()
-                    if _all_busy(self.workers(), i) and _queued(self.workers(), i)]
-            if len(busy) > 1 and default is not MISSING:
-                busy = [pools[id(default)]] if id(default) in pools else busy[:1]
-            if busy:
-                wait.type = "executor"
-                wait.name = wait.name or _pool_name(busy[0])
-                return Found([Holder(p, True, "a busy worker of the pool") for p in busy[0]],
-                             state="queued behind busy workers")
-        hs = self.completers(cf, ("set_result", "set_exception"), waiter)
-        return Found(hs, None if hs else "no worker runs it and no thread completes it")
-
-    def _scheduled_here(self, cf: Any, wait: P.Wait) -> bool:
-        """``run_coroutine_threadsafe(coro, <this loop>)`` whose callback has not run."""
-        ready = static_attr(self.loop, "_ready")  # asyncio's deque of Handles
-        if ready is not MISSING:
-            for _ in range(20):
-                try:
-                    handles = list(ready)
-                    break
-                except RuntimeError:
-                    continue
-            else:
-                handles = []
-            for h in handles:
-                cb = static_attr(h, "_callback")
-                if P.closure_var(cb, P.RCT_CALLBACK, "future") is cf:
-                    return True
-            return False
-        # uvloop: no visible ready queue. A pending future that no worker runs and
-        # nothing is chained to yet, in a function that calls
-        # run_coroutine_threadsafe(..., <this loop>): its callback waits on this loop.
-        f = wait.at
-        if f is None or not self.frozen or static_attr(cf, "_state") != "PENDING" or \
-                P.callbacks(cf):
-            return False
-        for args in call_args(f.f_code, "run_coroutine_threadsafe"):
-            target = args[1] if len(args) > 1 else None
-            if target is not None and resolve(target, f) is self.loop:
-                return True
-        return False
-
+            return P.Found(hs)
+        return P.Found([], f"{no_owner}; no thread or task is inside a with block on it")
 
 def _is_asyncio(obj: Any) -> bool:
     mod = type(obj).__module__
     return mod.startswith("asyncio") or mod == "_asyncio"
-
-
-
-
-_GET_LOOPS = tuple(getattr(c, "get_loop", None) for c in (
-    asyncio.Future, asyncio.Task, getattr(asyncio.futures, "_PyFuture", None),
-    getattr(asyncio.tasks, "_PyTask", None)))
-
-
-def _loop_of(fut: Any) -> Any:
-    """The loop of an asyncio future: ``_loop`` (pure Python) or the builtin ``get_loop``."""
-    loop = static_attr(fut, "_loop")
-    if loop is not MISSING:
-        return loop
-    get = next((d["get_loop"] for d in (k.__dict__ for k in type(fut).__mro__)
-                if "get_loop" in d), None)
-    if any(get is g for g in _GET_LOOPS) and callable(get):
-        try:
-            return get(fut)  # asyncio's own (C) method: no application code
-        except Exception:
-            return None
-    return None
-
-
-def _pool_name(workers: list[P.Party]) -> str:
-    """``ThreadPoolExecutor 'db' (2 workers)``, from the workers' names and count."""
-    prefix = workers[0].name.rsplit("_", 1)[0] if workers else "?"
-    return f"ThreadPoolExecutor {prefix!r} ({len(workers)} workers)"
-
-
-def _all_busy(workers: list[tuple[P.Party, Any, Any]], ex_id: int) -> bool:
-    mine = [w for w in workers if w[1] is not None and id(w[1]) == ex_id]
-    return bool(mine) and all(w[2] is not None for w in mine)
-
-
-def _queued(workers: list[tuple[P.Party, Any, Any]], ex_id: int) -> bool:
-    for _p, ex, _r in workers:
-        if ex is not None and id(ex) == ex_id:
-            q = static_attr(ex, "_work_queue")
-            try:
-                return q is MISSING or type(q).__module__ != "_queue" or q.qsize() > 0
-            except Exception:
-                return True
-    return False

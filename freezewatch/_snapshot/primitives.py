@@ -27,7 +27,7 @@ from typing import Any
 
 from .frames import is_app_file
 from .tasks import _task_name
-from .wait_source import MISSING, line_paths, resolve, spelled, static_attr
+from .wait_source import MISSING, acquired_on_line, line_paths, resolve, spelled, static_attr
 
 LockType = type(threading.Lock())
 RLockType = type(threading.RLock())  # _thread.RLock: the C type threading.RLock() returns
@@ -61,6 +61,22 @@ class Wait:
     mode: str  # acquire | notify | set | get | put | join | result | task | children | worker
     at: types.FrameType | None  # the frame that waits (the app line when there is one)
     name: str | None = None
+
+
+@dataclasses.dataclass(eq=False)
+class Holder:
+    party: Party
+    certain: bool
+    why: str | None = None  # "inside `with self._lock:` (line 31)"
+    note: str | None = None
+
+
+@dataclasses.dataclass(eq=False)
+class Found:
+    holders: list[Holder]
+    unknown: str | None = None
+    state: str | None = None
+    self_loop: bool = False  # completed only by the blocked loop itself
 
 
 def _codes(*fns: Any) -> list[types.CodeType]:
@@ -238,7 +254,7 @@ def thread_wait(party: Party) -> Wait | None:
         return Wait(type_name(family, obj), obj, mode, at, name)
     # No frame of its own: a C-level acquire called from the innermost frame.
     for f in callers[:1]:
-        for path, _text in line_paths(f.f_code, f.f_lineno or 0):
+        for path in acquired_on_line(f.f_code, f.f_lineno or 0):
             obj = resolve(path, f)
             if obj is not MISSING and held_lock(obj, party.ident):
                 kind = "threading.Lock" if type(obj) is LockType else "threading.RLock"

@@ -205,6 +205,42 @@ def line_paths(code: types.CodeType, line: int) -> list[tuple[Path, str]]:
     return out
 
 
+def acquired_on_line(code: types.CodeType, line: int) -> list[Path]:
+    """What the statement at ``line`` may be acquiring at C level: the context
+    expressions of a ``with`` header, and ``X`` of every ``X.acquire(...)`` call.
+
+    A line that merely mentions a lock (``if lock.locked():``) yields nothing, so a
+    thread spinning there is never said to wait for it."""
+    info = code_info(code)
+    if info.node is None:
+        return []
+    best: ast.stmt | None = None
+    for node in _own_nodes(info.node):
+        if (isinstance(node, ast.stmt) and node.lineno <= line <= (node.end_lineno or line)
+                and (best is None or node.lineno >= best.lineno)):
+            best = node
+    if best is None:
+        return []
+    if isinstance(best, (ast.With, ast.AsyncWith)):
+        return [p for p in (path_of(i.context_expr) for i in best.items) if p]
+    out = []
+    if isinstance(best, (ast.If, ast.While)):
+        roots: list[ast.AST] = [best.test]
+    elif isinstance(best, (ast.For, ast.AsyncFor, ast.Try, ast.FunctionDef,
+                           ast.AsyncFunctionDef, ast.ClassDef)):
+        roots = []
+    else:
+        roots = [best]
+    for root in roots:
+        for node in ast.walk(root):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "acquire"):
+                p = path_of(node.func.value)
+                if p:
+                    out.append(p)
+    return out
+
+
 def call_args(code: types.CodeType, func: str) -> list[tuple[Path | None, ...]]:
     """The arguments (as dotted names, None for anything else) of every call of a
     function named ``func`` in this code's own body: ``run_coroutine_threadsafe(c, loop)``."""

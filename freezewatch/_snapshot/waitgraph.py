@@ -22,8 +22,9 @@ from typing import Any
 from . import kernel as _kernel
 from . import primitives as P
 from .frames import app_frame, frame_record
-from .holders import Found, Holder, WaitWorld
+from .holders import WaitWorld
 from .model import Frame, InflightUnit, WaitGraph
+from .primitives import Found, Holder
 
 MAX_DEPTH = 8
 """Hops followed from the blocked party."""
