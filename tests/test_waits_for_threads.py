@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from core_support import LOOP_FACTORIES, LoopFactory, assert_frame_is, pin
+from core_support import LOOP_FACTORIES, LoopFactory, assert_frame_is, pin, release_when_dumped
 from waits_support import assert_holder, cause, freeze_dump
 
 pytestmark = pytest.mark.timeout(30)
@@ -289,3 +289,44 @@ def test_self_deadlock_run_coroutine_threadsafe(dump_dir: Path, loop_factory: Lo
     assert link["holders"][0]["thread"] == doc["loop"]["thread_name"]
     assert cause(txt).startswith("Cause:       DEADLOCK \u2014 the loop thread waits for a "
                                  "future that only this loop can complete")
+
+
+def test_thread_holding_the_lock_waits_for_the_frozen_loop(dump_dir: Path) -> None:
+    """The loop waits for a lock whose holder waits, via run_coroutine_threadsafe, for
+    the loop: a two-hop deadlock with both parties named."""
+    lock = threading.Lock()
+    box: list[concurrent.futures.Future[None]] = []
+
+    async def ping() -> None:
+        return None
+
+    def hold(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+        with lock:
+            box.append(asyncio.run_coroutine_threadsafe(ping(), loop))
+            ready.set()
+            with contextlib.suppress(concurrent.futures.CancelledError):
+                box[0].result(10)  # pin: cross-wait
+
+    def block() -> None:
+        ready = threading.Event()
+        t = threading.Thread(target=hold, args=(asyncio.get_running_loop(), ready),
+                             name="cross-holder", daemon=True)
+        t.start()
+        assert ready.wait(5)
+        release_when_dumped(dump_dir, box[0].cancel)  # the only way out of this deadlock
+        with lock:  # pin: cross-loop-wait
+            pass
+        t.join(5)
+
+    doc, txt = freeze_dump(dump_dir, block, [])
+    assert doc["deadlock"] is True
+    to_holder, to_loop = doc["waits_for"]
+    assert_frame_is(to_holder["waiter"]["frame"], pin(__file__, "cross-loop-wait"))
+    assert to_holder["holders"][0]["thread"] == "cross-holder"
+    assert_frame_is(to_holder["holders"][0]["frame"], pin(__file__, "cross-wait"))
+    assert to_loop["waiter"]["thread"] == "cross-holder"
+    assert to_loop["holders"][0]["thread"] == doc["loop"]["thread_name"]
+    loop = doc["loop"]["thread_name"]
+    assert cause(txt) == (
+        f"Cause:       DEADLOCK \u2014 thread {loop!r} waits for threading.Lock lock held by "
+        f"thread 'cross-holder', which waits for concurrent.futures.Future run by thread {loop!r}")

@@ -13,8 +13,8 @@ frames and task objects; nothing here outlives ``WaitWorld``.
   the parties whose function calls ``ev.set()``/``q.put()``/``fut.set_result()``
   on the same object may complete them (``certain: false``).
 * A task, ``gather``, a TaskGroup: the awaited task(s) - certain.
-* An executor job: the worker thread running it, or, queued, every busy worker
-  of its pool. A ``run_coroutine_threadsafe`` future whose callback waits in
+* An executor job (jobs.py): the worker thread running it, or, queued, every
+  busy worker of its pool. A ``run_coroutine_threadsafe`` future whose callback waits in
   the blocked loop's own ready queue: the loop thread itself (a deadlock).
 """
 

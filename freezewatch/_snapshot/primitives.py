@@ -183,8 +183,10 @@ def type_name(family: str, obj: Any) -> str:
 
 
 def self_of(frame: types.FrameType) -> Any:
-    loc = frame.f_locals
-    return loc.get("self", MISSING)
+    """The frame's ``self``; MISSING once it is gone (``Future.result`` sets
+    ``self = None`` in its ``finally``: the wait is over)."""
+    obj = frame.f_locals.get("self", MISSING)
+    return MISSING if obj is None else obj
 
 
 def _name_on(obj: Any, frames: list[types.FrameType]) -> tuple[str | None, types.FrameType | None]:

@@ -92,7 +92,7 @@ def cause_line(doc: dict[str, Any]) -> str | None:
     chain = ", which waits for ".join(hops)
     if doc.get("deadlock"):
         last = (links[-1].get("holders") or [{}])[0]
-        if last.get("note") and "this loop" in str(last["note"]):
+        if len(links) == 1 and last.get("note") and "this loop" in str(last["note"]):
             first = links[0]
             frame = (first.get("waiter") or {}).get("frame")
             at = f", at {_at(frame)}" if frame else ""

@@ -140,7 +140,11 @@ def _analyse(fn: ast.AST) -> CodeInfo:
                 last = max(getattr(s, "end_lineno", None) or s.lineno for s in node.body)
                 head = "async with " if isinstance(node, ast.AsyncWith) else "with "
                 text = head + ", ".join(ast.unparse(i) for i in node.items) + ":"
-                withs.append(WithBlock(node.lineno, node.body[0].lineno, last, paths, text,
+                # A body on the header's line (``with lock: f()``) is ambiguous: a frame
+                # there may still wait in the header. Such a one-liner never names a holder.
+                first = node.body[0].lineno
+                first = first if first > node.lineno else node.lineno + 1
+                withs.append(WithBlock(node.lineno, first, last, paths, text,
                                        f"inside `{text}` (line {node.lineno})"))
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
               and node.func.attr in COMPLETERS):
@@ -168,6 +172,20 @@ def code_info(code: types.CodeType) -> CodeInfo:
     return info
 
 
+def _statement_at(fn: ast.AST, line: int) -> ast.stmt | None:
+    """The innermost statement running at ``line``; a ``with`` whose header is on that
+    line wins over a body on the same line (``with lock: pass`` waits in the header)."""
+    best: ast.stmt | None = None
+    for node in _own_nodes(fn):
+        if not isinstance(node, ast.stmt) or not node.lineno <= line <= (node.end_lineno or line):
+            continue
+        if isinstance(node, (ast.With, ast.AsyncWith)) and node.lineno == line:
+            return node
+        if best is None or node.lineno >= best.lineno:
+            best = node
+    return best
+
+
 def line_paths(code: types.CodeType, line: int) -> list[tuple[Path, str]]:
     """Every dotted name on the statement at ``line`` with its text, longest first.
 
@@ -177,11 +195,7 @@ def line_paths(code: types.CodeType, line: int) -> list[tuple[Path, str]]:
     info = code_info(code)
     if info.node is None:
         return []
-    best: ast.stmt | None = None
-    for node in _own_nodes(info.node):
-        if (isinstance(node, ast.stmt) and node.lineno <= line <= (node.end_lineno or line)
-                and (best is None or node.lineno >= best.lineno)):
-            best = node
+    best = _statement_at(info.node, line)
     if best is None:
         return []
     if isinstance(best, (ast.With, ast.AsyncWith)):
@@ -214,11 +228,7 @@ def acquired_on_line(code: types.CodeType, line: int) -> list[Path]:
     info = code_info(code)
     if info.node is None:
         return []
-    best: ast.stmt | None = None
-    for node in _own_nodes(info.node):
-        if (isinstance(node, ast.stmt) and node.lineno <= line <= (node.end_lineno or line)
-                and (best is None or node.lineno >= best.lineno)):
-            best = node
+    best = _statement_at(info.node, line)
     if best is None:
         return []
     if isinstance(best, (ast.With, ast.AsyncWith)):
