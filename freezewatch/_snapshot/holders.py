@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -34,6 +35,8 @@ from .wait_source import MISSING, CodeInfo, code_info, frame_locals, resolve, st
 
 MAX_TASKS_SCANNED = 200_000
 """Tasks whose frames are searched for ``with`` blocks and completing calls."""
+SCAN_BUDGET = 1.5
+"""Seconds the task scan may take (about 5 us a task: 100,000 tasks fit)."""
 
 _COMPLETING = {
     "set": ("set",), "notify": ("notify", "notify_all"), "get": ("put", "put_nowait"),
@@ -63,8 +66,9 @@ class WaitWorld:
         self._infos: dict[int, CodeInfo] = {}
         self._cond_waits = {id(c) for c in _COND_WAITS}
         self._scanned = 0  # 0: nothing indexed, 1: the threads, 2: threads and tasks
+        self.cut_short: str | None = None  # why the task scan stopped early, if it did
         self._is_cond: dict[int, bool] = {}
-        self._leaf_types: dict[int, type] = {}  # id -> type (kept alive): chain ends seen
+        self._chain_like: dict[int, bool] = {}  # id(type) -> links on (True) or ends a chain
         self._types: list[type] = []
         self.workers: list[tuple[P.Party, Any, Any]] | None = None  # jobs.py
         self._me = threading.get_ident()
@@ -123,8 +127,14 @@ class WaitWorld:
         current = self.current
         infos = self._infos
         cond_waits = self._cond_waits
+        chain_like = self._chain_like
         _id = id
-        for task in self.tasks[:MAX_TASKS_SCANNED]:
+        deadline = time.perf_counter() + SCAN_BUDGET
+        for i, task in enumerate(self.tasks[:MAX_TASKS_SCANNED]):
+            if not i & 4095 and i and time.perf_counter() > deadline:
+                self.cut_short = (f"the holder search stopped after {i:,} of "
+                                  f"{len(self.tasks):,} tasks")
+                return
             if task is current:
                 continue
             try:
@@ -139,9 +149,14 @@ class WaitWorld:
                     f, obj = obj.cr_frame, obj.cr_await
                 elif t is gen_t:
                     f, obj = obj.gi_frame, obj.gi_yieldfrom
-                else:
-                    matters = obj is not None and not isinstance(obj, asyncio.Future) and _id(
-                        t) not in self._leaf_types  # an async generator, a compiled coroutine
+                else:  # a leaf (a future's __await__ iterator), or another chain link type
+                    if obj is not None:
+                        link = chain_like.get(_id(t))
+                        if link is None:  # async generators, compiled (Cython) coroutines
+                            link = chain_like[_id(t)] = any(
+                                hasattr(t, a) for a in ("cr_frame", "gi_frame", "ag_frame"))
+                            self._types.append(t)  # keeps the id valid for this capture
+                        matters = link
                     break
                 if f is None:
                     break
@@ -162,8 +177,6 @@ class WaitWorld:
                         break
             if matters:
                 frames, _leaf = raw_chain(coro)
-                if not frames and obj is not None:
-                    self._leaf_types[_id(type(obj))] = type(obj)
                 yield task, frames
 
     def _party_of(self, source: Any, frames: list[types.FrameType]) -> P.Party | None:
@@ -320,7 +333,9 @@ class WaitWorld:
         methods = _COMPLETING.get(mode)
         if methods:
             hs = self.completers(obj, methods, waiter)
-            return P.Found(hs, None if hs else f"no thread or task calls {'/'.join(methods)} on it")
+            why = f"no thread or task calls {'/'.join(methods)} on it"
+            why = f"{why} ({self.cut_short})" if self.cut_short else why
+            return P.Found(hs, None if hs else why)
         return P.Found([], "unknown")
 
     def _inferred(self, obj: Any, no_owner: str) -> P.Found:
@@ -329,7 +344,8 @@ class WaitWorld:
         hs = self.held_by(obj)
         if hs:
             return P.Found(hs)
-        return P.Found([], f"{no_owner}; no thread or task is inside a with block on it")
+        why = f"{no_owner}; no thread or task is inside a with block on it"
+        return P.Found([], f"{why} ({self.cut_short})" if self.cut_short else why)
 
 def _is_asyncio(obj: Any) -> bool:
     mod = type(obj).__module__

@@ -33,7 +33,7 @@ LockType = type(threading.Lock())
 RLockType = type(threading.RLock())  # _thread.RLock: the C type threading.RLock() returns
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class Party:
     """A thread or a task that may wait or hold; lives only during one capture."""
 
@@ -63,7 +63,7 @@ class Wait:
     name: str | None = None
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class Holder:
     party: Party
     certain: bool
@@ -71,7 +71,7 @@ class Holder:
     note: str | None = None
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class Found:
     holders: list[Holder]
     unknown: str | None = None
