@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from core_support import assert_frame_is, pin
+from core_support import LOOP_FACTORIES, LoopFactory, assert_frame_is, pin
 from waits_support import assert_holder, cause, stall_dump
 
 pytestmark = pytest.mark.timeout(30)
@@ -22,7 +22,8 @@ def _start(*named: tuple[str, Any]) -> list[asyncio.Task[Any]]:
     return [asyncio.create_task(coro, name=name) for name, coro in named]
 
 
-def test_asyncio_lock_held_by_named_task(dump_dir: Path) -> None:
+@pytest.mark.parametrize("loop_factory", LOOP_FACTORIES)
+def test_asyncio_lock_held_by_named_task(dump_dir: Path, loop_factory: LoopFactory) -> None:
     """asyncio.Lock: the task inside `async with lock:` holds it (inferred)."""
     lock = asyncio.Lock()
 
@@ -37,7 +38,7 @@ def test_asyncio_lock_held_by_named_task(dump_dir: Path) -> None:
         async with lock:  # pin: alock-waiter
             pass
 
-    doc, txt = stall_dump(dump_dir, scenario, waiter)
+    doc, txt = stall_dump(dump_dir, scenario, waiter, loop_factory=loop_factory)
     link = doc["waits_for"][0]
     assert link["waiter"]["task"] == "waiter"
     assert_frame_is(link["waiter"]["frame"], pin(__file__, "alock-waiter"))
@@ -183,7 +184,8 @@ def test_awaited_tasks_are_holders(dump_dir: Path, how: str) -> None:
     assert_holder(doc, txt, "task", "child", pin(__file__, "child"), on=on, certain=True)
 
 
-def test_run_in_executor_both_workers_busy(dump_dir: Path) -> None:
+@pytest.mark.parametrize("loop_factory", LOOP_FACTORIES)
+def test_run_in_executor_both_workers_busy(dump_dir: Path, loop_factory: LoopFactory) -> None:
     """run_in_executor queued behind a pool of 2 whose workers are both busy: both named."""
     pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="db")
     stop = threading.Event()
@@ -206,7 +208,7 @@ def test_run_in_executor_both_workers_busy(dump_dir: Path) -> None:
         await asyncio.get_running_loop().run_in_executor(pool, time.sleep, 0)
 
     try:
-        doc, txt = stall_dump(dump_dir, scenario, waiter, settle=0.1)
+        doc, txt = stall_dump(dump_dir, scenario, waiter, settle=0.1, loop_factory=loop_factory)
     finally:
         stop.set()
         pool.shutdown()

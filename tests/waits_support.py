@@ -51,7 +51,9 @@ def freeze_dump(dump_dir: Path, block: Callable[[], object],
 
 def stall_dump(dump_dir: Path, scenario: Callable[[asyncio.Event], Coroutine[Any, Any, Any]],
                waiter: Callable[[], Coroutine[Any, Any, Any]], *, waiter_name: str = "waiter",
-               settle: float = 0.05, cancel: bool = False) -> tuple[dict[str, Any], str]:
+               settle: float = 0.05, cancel: bool = False,
+               loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
+               ) -> tuple[dict[str, Any], str]:
     """Run ``scenario(done)`` (it starts the holders as named tasks and returns them), then a
     task ``waiter_name`` inside ``watch(stall_after=...)`` running ``waiter()``; ``done`` is
     set once the stall dump was written (and, with ``cancel``, every task cancelled)."""
@@ -77,7 +79,7 @@ def stall_dump(dump_dir: Path, scenario: Callable[[asyncio.Event], Coroutine[Any
                 t.cancel()
         await asyncio.wait_for(asyncio.gather(w, *(started or ()), return_exceptions=True), 10)
 
-    run_loop(asyncio.new_event_loop, main)
+    run_loop(loop_factory, main)
     return only_dump(dump_dir, "stall")
 
 
