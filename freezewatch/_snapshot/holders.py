@@ -25,7 +25,6 @@ import concurrent.futures
 import threading
 import time
 import types
-from collections.abc import Iterator
 from typing import Any
 
 from . import jobs as _jobs
@@ -61,8 +60,8 @@ class WaitWorld:
         self.frozen = kind != "stall"
         self._parties: dict[tuple[str, int], P.Party] = {}
         self._names = {t.ident: t.name for t in threading.enumerate()}
-        self._held: dict[int, tuple[Any, list[P.Holder]]] = {}
-        self._calls: dict[int, tuple[Any, list[tuple[P.Party, str, int]]]] = {}
+        self._held: dict[int, tuple[Any, list[tuple[Any, str]]]] = {}
+        self._calls: dict[int, tuple[Any, list[tuple[Any, str, int]]]] = {}
         self._infos: dict[int, CodeInfo] = {}
         self._cond_waits = {id(c) for c in _COND_WAITS}
         self._scanned = 0  # 0: nothing indexed, 1: the threads, 2: threads and tasks
@@ -108,21 +107,22 @@ class WaitWorld:
                                          leaf=waiter if waiter is not None else leaf)
         return p
 
-    def _sources(self, tasks: bool) -> Iterator[tuple[Any, list[types.FrameType]]]:
-        """(thread ident or task, frames outermost first) of the other threads, or of
-        the tasks that may matter: those with a frame in a function that has a
-        ``with`` block around its current line, a completing call, or a
-        ``Condition.wait``.
-
-        The hot loop of the holder search (10,000s of tasks): chains are walked
-        with direct attribute reads and nothing is allocated for a task that does
-        not matter (allocations would set off garbage collections of the heap)."""
+    # -- indexes -------------------------------------------------------------------
+    # id(object) -> (object, entries). An entry names its party by a *source* (a
+    # thread ident or a task): a Party (with its whole stack) is only made for
+    # the entries of the objects actually asked about.
+    def _build(self, tasks: bool) -> None:
+        """Index what the other threads (or the tasks) are inside a ``with`` block on,
+        and what their functions call completing methods on."""
         if not tasks:
             for ident in list(self.tops):
                 party = self.thread(ident) if ident != self._me else None
                 if party is not None:
-                    yield ident, party.frames
+                    self._index(ident, party.frames)
             return
+        # The hot loop (100,000s of tasks): chains walked with direct attribute
+        # reads; nothing is allocated for a task none of whose frames matters
+        # (allocations would also set off collections of the whole heap).
         coro_t, gen_t = types.CoroutineType, types.GeneratorType
         current = self.current
         infos = self._infos
@@ -141,8 +141,8 @@ class WaitWorld:
                 obj = task.get_coro()
             except Exception:  # a foreign task type
                 continue
-            coro = obj
-            matters = False
+            hits: list[tuple[types.FrameType, CodeInfo, int]] | None = None
+            released = False
             for _ in range(100):
                 t = type(obj)
                 if t is coro_t:
@@ -156,7 +156,10 @@ class WaitWorld:
                             link = chain_like[_id(t)] = any(
                                 hasattr(t, a) for a in ("cr_frame", "gi_frame", "ag_frame"))
                             self._types.append(t)  # keeps the id valid for this capture
-                        matters = link
+                        if link:
+                            frames, _leaf = raw_chain(task.get_coro())
+                            self._index(task, frames)
+                            hits = None
                     break
                 if f is None:
                     break
@@ -164,88 +167,74 @@ class WaitWorld:
                 info = infos.get(_id(code))
                 if info is None:
                     info = infos[_id(code)] = code_info(code)
-                if info.calls or _id(code) in cond_waits:
-                    matters = True
-                    break
-                if info.withs:
-                    line = f.f_lineno or 0
-                    for w in info.withs:
-                        if w.first <= line <= w.last:
-                            matters = True
-                            break
-                    if matters:
-                        break
-            if matters:
-                frames, _leaf = raw_chain(coro)
-                yield task, frames
-
-    def _party_of(self, source: Any, frames: list[types.FrameType]) -> P.Party | None:
-        if type(source) is int:
-            return self.thread(source)
-        key = ("task", id(source))
-        if key not in self._parties:  # the chain is already walked: keep it
-            waiter = getattr(source, "_fut_waiter", None)
-            self._parties[key] = P.Party("task", key, None, frames, task=source, leaf=waiter)
-        return self._parties[key]
-
-    # -- indexes -------------------------------------------------------------------
-    def _build(self, tasks: bool) -> None:
-        """Index the ``with`` blocks the threads (or the tasks) are inside, and their
-        completing calls, by the id of the object they name."""
-        held = self._held
-        calls = self._calls
-        infos = self._infos  # id(code) -> info, for this capture (the codes stay alive)
-        cond_waits = self._cond_waits
-        _id = id
-        for source, frames in self._sources(tasks):
-            hits = []
-            waits_in_cond = False
-            for f in frames:
-                code = f.f_code
-                info = infos.get(_id(code))
-                if info is None:
-                    info = infos[_id(code)] = code_info(code)
                 if info.calls:
+                    hits = hits or []
                     hits.append((f, info, f.f_lineno or 0))
                 elif info.withs:
                     line = f.f_lineno or 0
                     for w in info.withs:
                         if w.first <= line <= w.last:
+                            hits = hits or []
                             hits.append((f, info, line))
                             break
-                elif id(code) in cond_waits:
-                    waits_in_cond = True
-            if not hits:
-                continue
-            party = self._party_of(source, frames)
-            if party is None:
-                continue
-            released: set[int] = set()  # conditions this party waits in (lock released)
-            for f in frames if waits_in_cond else ():
-                if id(f.f_code) in cond_waits:
-                    cond = P.self_of(f)
-                    released.add(id(cond))
-                    released.add(id(static_attr(cond, "_lock")))
-            for f, info, line in hits:
-                loc: Any = None
-                for w in info.withs:
-                    if not w.first <= line <= w.last:
-                        continue
-                    loc = frame_locals(f) if loc is None else loc
-                    for path in w.paths:
-                        obj = resolve(path, f, loc)
-                        if obj is MISSING or id(obj) in released:
-                            continue
-                        h = P.Holder(party, False, w.why)
-                        for o in self._aliases(obj):
-                            held.setdefault(id(o), (o, []))[1].append(h)
-                for c in info.calls:
-                    loc = frame_locals(f) if loc is None else loc
-                    obj = resolve(c.path, f, loc)
-                    if obj is not MISSING:
-                        calls.setdefault(id(obj), (obj, []))[1].append((party, c.method, c.line))
+                elif _id(code) in cond_waits:
+                    released = True
+            if hits:
+                if released:  # a Condition.wait in the chain: the slow, careful path
+                    frames, _leaf = raw_chain(task.get_coro())
+                    self._index(task, frames)
+                else:
+                    self._record(task, hits, ())
 
-    def _aliases(self, obj: Any) -> list[Any]:
+    def _index(self, source: Any, frames: list[types.FrameType]) -> None:
+        """One party's frames: those that matter, and the locks it released waiting."""
+        infos = self._infos
+        hits = []
+        released: list[int] = []  # conditions it waits in (their lock is released)
+        for f in frames:
+            code = f.f_code
+            info = infos.get(id(code))
+            if info is None:
+                info = infos[id(code)] = code_info(code)
+            if info.withs or info.calls:
+                hits.append((f, info, f.f_lineno or 0))
+            if id(code) in self._cond_waits:
+                cond = P.self_of(f)
+                released += [id(cond), id(static_attr(cond, "_lock"))]
+        if hits:
+            self._record(source, hits, released)
+
+    def _record(self, source: Any, hits: list[tuple[types.FrameType, CodeInfo, int]],
+                released: Any) -> None:
+        held, calls = self._held, self._calls
+        for f, info, line in hits:
+            loc: Any = None
+            for w in info.withs:
+                if not w.first <= line <= w.last:
+                    continue
+                loc = frame_locals(f) if loc is None else loc
+                for path in w.paths:
+                    obj = resolve(path, f, loc)
+                    if obj is MISSING or id(obj) in released:
+                        continue
+                    for o in self._aliases(obj):
+                        entry = held.get(id(o))
+                        if entry is None:
+                            entry = held[id(o)] = (o, [])
+                        entry[1].append((source, w.why))
+            for c in info.calls:
+                loc = frame_locals(f) if loc is None else loc
+                obj = resolve(c.path, f, loc)
+                if obj is not MISSING:
+                    entry2 = calls.get(id(obj))
+                    if entry2 is None:
+                        entry2 = calls[id(obj)] = (obj, [])
+                    entry2[1].append((source, c.method, c.line))
+
+    def _party_of(self, source: Any) -> P.Party | None:
+        return self.thread(source) if type(source) is int else self.task(source)
+
+    def _aliases(self, obj: Any) -> tuple[Any, ...]:
         """A Condition is held by holding its lock: index both (type test cached)."""
         t = type(obj)
         cond = self._is_cond.get(id(t))
@@ -256,8 +245,8 @@ class WaitWorld:
         if cond:
             inner = static_attr(obj, "_lock")
             if inner is not MISSING:
-                return [obj, inner]
-        return [obj]
+                return (obj, inner)
+        return (obj,)
 
     def _scan(self, obj: Any) -> None:
         """Threads first (a few); tasks (maybe 100,000s) only for an asyncio primitive or
@@ -273,15 +262,21 @@ class WaitWorld:
     def held_by(self, obj: Any) -> list[P.Holder]:
         self._scan(obj)
         hit = self._held.get(id(obj))
-        return list(hit[1]) if hit is not None and hit[0] is obj else []
+        out = []
+        for source, why in (hit[1] if hit is not None and hit[0] is obj else []):
+            party = self._party_of(source)
+            if party is not None:
+                out.append(P.Holder(party, False, why))
+        return out
 
     def completers(self, obj: Any, methods: tuple[str, ...], waiter: P.Party) -> list[P.Holder]:
         self._scan(obj)
         hit = self._calls.get(id(obj))
         out: list[P.Holder] = []
         seen: set[tuple[str, int]] = set()
-        for party, method, line in (hit[1] if hit is not None and hit[0] is obj else []):
-            if method in methods and party is not waiter and party.key not in seen:
+        for source, method, line in (hit[1] if hit is not None and hit[0] is obj else []):
+            party = self._party_of(source) if method in methods else None
+            if party is not None and party is not waiter and party.key not in seen:
                 seen.add(party.key)
                 out.append(P.Holder(party, False, f"its function calls .{method}() (line {line})"))
         return out
