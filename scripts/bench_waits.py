@@ -1,17 +1,20 @@
 """What the wait-for graph adds to a capture (issue 13), measured in one process.
 
     .venv/bin/python scripts/bench_waits.py                  # 10,000 and 100,000 tasks
-    .venv/bin/python scripts/bench_waits.py --sizes 10000 --reps 5
+    .venv/bin/python scripts/bench_waits.py --sizes 10000 --reps 5 --holder sleep
 
 The loop thread is really blocked (``with lock:`` on a threading.Lock that a
-named thread holds inside its own ``with`` block), the loop has N tasks in
-seven shapes (asyncio Event, nested Event, Queue.get, a bare Future, a held
-asyncio.Lock, and tasks *inside* ``async with sem:`` bodies, which the holder
-search must resolve), and a measuring thread calls ``capture()`` exactly as
-the watchdog does, alternately with the wait-for graph and with it switched
-off. Printed: the median capture time of each, their difference, and the
-graph builder alone. Targets (the core's capture targets, graph included):
-total capture <= 0.25 s at 10,000 tasks, <= 3 s at 100,000.
+named thread holds inside its own ``with`` block; that thread then waits on
+a threading.Event, a second hop whose completer search covers every task,
+or with ``--holder sleep`` just sleeps: the common one-hop case, where only
+the threads are searched). The loop has N tasks in seven shapes (asyncio
+Event, nested Event, Queue.get, a bare Future, a held asyncio.Lock, and
+tasks *inside* ``async with sem:`` bodies, which the holder search must
+resolve). A measuring thread calls ``capture()`` exactly as the watchdog
+does, alternately with the wait-for graph and with it switched off.
+Printed: the median capture time of each, their difference, and the graph
+builder alone. Targets (the core's capture targets, graph included): total
+capture <= 0.25 s at 10,000 tasks, <= 3 s at 100,000.
 """
 
 from __future__ import annotations
@@ -56,10 +59,15 @@ async def _inside(sem: asyncio.Semaphore, ev: asyncio.Event) -> None:
         await ev.wait()
 
 
-def _holder(lock: threading.Lock, ready: threading.Event, done: threading.Event) -> None:
+def _holder(lock: threading.Lock, ready: threading.Event, done: threading.Event,
+            how: str) -> None:
     with lock:
         ready.set()
-        done.wait(600)
+        if how == "event":  # waits in turn: a second hop, whose search covers every task
+            done.wait(600)
+        else:  # sleeps (a root, like a thread in slow I/O): one hop, threads only
+            while not done.is_set():
+                time.sleep(0.01)
 
 
 def _no_graph(**_kw: Any) -> None:
@@ -106,7 +114,7 @@ def _measure(loop: asyncio.AbstractEventLoop, info: LoopInfo, reps: int,
         _capture._waitgraph.build = real  # type: ignore[assignment]
 
 
-def run(size: int, reps: int) -> dict[str, Any]:
+def run(size: int, reps: int, how: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
 
     async def main() -> None:
@@ -123,7 +131,7 @@ def run(size: int, reps: int) -> dict[str, Any]:
         for _ in range(3):
             await asyncio.sleep(0)
         lock, ready, done = threading.Lock(), threading.Event(), threading.Event()
-        holder = threading.Thread(target=_holder, args=(lock, ready, done), name="holder")
+        holder = threading.Thread(target=_holder, args=(lock, ready, done, how), name="holder")
         holder.start()
         ready.wait()
         info = LoopInfo("bench", threading.get_ident(), threading.current_thread().name)
@@ -156,11 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     ap.add_argument("--sizes", default="10000,100000", help="comma list of task counts")
     ap.add_argument("--reps", type=int, default=3, help="captures per variant and size")
+    ap.add_argument("--holder", default="event", choices=["event", "sleep"],
+                    help="the lock holder waits on a threading.Event (2 hops, every task "
+                         "searched: the costly case, default) or sleeps (1 hop)")
     a = ap.parse_args(argv)
     print(f"Python {sys.version.split()[0]}; capture() on a really blocked loop, native off, "
-          f"median of {a.reps} (first capture of the process shown apart)")
+          f"median of {a.reps} (first capture of the process shown apart); holder: {a.holder}")
     for size in (int(s) for s in a.sizes.split(",")):
-        r = run(size, a.reps)
+        r = run(size, a.reps, a.holder)
         w, wo, al = (statistics.median(r[k]) for k in ("with_graph", "without", "alone"))
         limit = 0.25 if size <= 10_000 else 3.0
         print(f"  {size:>7,} tasks: capture with graph {w:.3f} s, without {wo:.3f} s, "
