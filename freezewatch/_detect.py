@@ -119,10 +119,18 @@ def finish(st: LoopState, obs: Observation, reason: str = "watching stopped") ->
     end it now. If the loop ran the beat meanwhile (a freeze that ended just
     before ``asyncio.run()`` returned), that is its end; else it lasted until now."""
     fr = st.freeze
+    answered = st.pending and obs.answered_seq == st.sent_seq
     if fr is None:
-        return []
+        if not answered or st.sent_seq in (st.ignored_seq, st.void_seq):
+            return []
+        # A beat answered a threshold late just before the loop closed (a C
+        # call held the GIL to the end): still a freeze, seen only afterwards.
+        st.pending = False
+        lag = max(0.0, obs.answered_at - max(st.sent_at, obs.allow_exit_at))
+        return [Late(lag, obs.answered_at - lag, obs.gil is not None)] if (
+            lag >= st.threshold and obs.allow_depth == 0) else []
     st.freeze = None
-    if st.pending and obs.answered_seq == st.sent_seq:
+    if answered:
         st.pending = False
         return [Ended(fr.id, max(0.0, obs.answered_at - fr.start))]
     return [Ended(fr.id, max(0.0, obs.now - fr.start), reason)]

@@ -27,7 +27,7 @@ from ._faulthandler import SIGNAL, Capture, SignalDump
 from ._sentinel import Sentinel
 from ._sinks.log import events
 from ._snapshot.cpu import native_id_of
-from ._snapshot.frames import app_frame, source_line
+from ._snapshot.frames import app_frame, blocking_frame, source_line
 from ._snapshot.model import Frame, Native, Snapshot, TaskGroup
 from ._snapshot.native import capture_native, find_pyspy, native_from_output
 
@@ -98,7 +98,9 @@ class GilLayers:
 
     def _publish_loops(self, watches: Sequence[Any]) -> None:
         """Tell the sentinel which threads run our loops (when that changes)."""
-        idents = tuple(w.thread_ident for w in watches)
+        # A handle still waiting for its loop: the loop will run on the thread
+        # that installed it.
+        idents = tuple(w.thread_ident or w.install_thread for w in watches)
         if idents == self._idents:
             return
         self._idents = idents
@@ -168,7 +170,8 @@ def pin(snap: Snapshot, frames: tuple[Frame, ...], blocked_for: float,
     if cap is not None:
         extra["faulthandler"] = cap.text[:MAX_FAULTHANDLER_TEXT]
     return dataclasses.replace(
-        snap, loop_frames=frames, blocking_frame=frames[-1], app_frame=app_frame(frames),
+        snap, loop_frames=frames, blocking_frame=blocking_frame(frames) or frames[-1],
+        app_frame=app_frame(frames),
         blocked_for=blocked_for, extra=extra,
         waits=None,  # the live graph is of after the GIL came back, not of the freeze
         current_task=snap.current_task or running_task(frames, snap.tasks),

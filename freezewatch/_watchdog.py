@@ -135,6 +135,8 @@ class Watchdog:
                 for d in _detect.finish(w.state, obs):
                     if isinstance(d, _detect.Ended):
                         self.pipeline.ended(w, d)
+                    elif isinstance(d, _detect.Late) and w.loop is not None:
+                        self.pipeline.late(w, d, None)
             except Exception as e:  # boundary: one loop's last round
                 self._error(w.name, e)
 

@@ -182,7 +182,7 @@ def _dump_dir(config: pytest.Config) -> str:
 # Production layers a test run does not want, unless its environment asks:
 # py-spy is slow, a sentinel process per test phase is waste (and the
 # faulthandler layer needs it), systemd is not there.
-_OFF_IN_TESTS = ("native", "faulthandler", "sentinel", "systemd_watchdog")
+_OFF_IN_TESTS = ("native", "systemd_watchdog")
 
 
 def _start(item: pytest.Item, threshold: float) -> LoopWatch:

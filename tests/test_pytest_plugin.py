@@ -306,3 +306,62 @@ def test_marker_with_bad_threshold_errors_that_test(pytester: pytest.Pytester) -
     result = pytester.runpytest_subprocess("--freezewatch=0.2")
     result.assert_outcomes(passed=1, errors=1)
     assert "'soon' from mark.freezewatch" in result.stdout.str()
+
+
+GIL_CASES = '''
+import asyncio
+import json
+import re
+import time
+
+import pytest
+
+EVIL = re.compile(r"(a+)+$")
+
+
+def _calibrated(seconds):
+    """A subject the regex backtracks on for about ``seconds`` (holding the GIL)."""
+    n = 16
+    while True:
+        subject = "a" * n + "b"
+        t0 = time.perf_counter()
+        EVIL.match(subject)
+        if time.perf_counter() - t0 >= seconds:
+            return subject
+        n += 1
+
+
+SUBJECT = _calibrated(0.5)
+DOC = json.dumps([{"key": "value " * 8, "n": i} for i in range(250_000)])
+
+
+@pytest.mark.asyncio
+async def test_regex_holds_the_gil():
+    await asyncio.sleep(0.05)
+    EVIL.match(SUBJECT)  # pin: regex
+    await asyncio.sleep(0.05)
+
+
+@pytest.mark.asyncio
+async def test_json_loads_holds_the_gil():
+    await asyncio.sleep(0.05)
+    json.loads(DOC)  # pin: json
+    await asyncio.sleep(0.05)
+'''
+
+
+def test_gil_holding_blocks_fail_naming_the_line(pytester: pytest.Pytester) -> None:
+    """A regex or a json.loads holding the GIL ~0.5 s, threshold 0.1: both tests fail,
+    each naming its exact line (the plugin keeps the sentinel and faulthandler on: no
+    Python thread can see such a block while it lasts)."""
+    pytester.makeini(INI)
+    path = pytester.makepyfile(test_gil=GIL_CASES)
+    result = pytester.runpytest_subprocess("--freezewatch=0.1", "-p", "no:cacheprovider")
+    out = result.stdout.str()
+    assert result.parseoutcomes().get("failed") == 2, out
+    # The regex is a C method: the test's line is the innermost Python frame. The
+    # json decoder has Python frames of its own: the test's line is the app line.
+    for test, tag, label in [("test_regex_holds_the_gil", "regex", "Blocked at:  "),
+                             ("test_json_loads_holds_the_gil", "json", "App line:    ")]:
+        section = _failure_section(out, test)
+        assert f"{label}{path}:{pin(path, tag).line} in {test}" in section, section

@@ -100,7 +100,7 @@ def capture(
     # Frames and tasks die with this function's locals: only plain data is returned.
 
     stack = chain if kind == "stall" else loop_frames
-    blocking = stack[-1] if stack else UNKNOWN_FRAME
+    blocking = _frames.blocking_frame(stack) or UNKNOWN_FRAME
     doc_extra = dict(extra or {})
     if kind == "stall":
         doc_extra["await_chain"] = [f.to_json() for f in chain]

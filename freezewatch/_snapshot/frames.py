@@ -79,6 +79,19 @@ def stack_records(frame: types.FrameType | None) -> tuple[Frame, ...]:
     return tuple(frame_record(f) for f in raw)
 
 
+_OUR_FILES = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def blocking_frame(frames: tuple[Frame, ...]) -> Frame | None:
+    """The innermost frame that is not freezewatch's own: a hook of ours that runs
+    on the loop thread (the gc.callbacks hook during a collection, the beat) is
+    where the thread happened to be, never what blocked it."""
+    for f in reversed(frames):
+        if not f.file.startswith(_OUR_FILES):
+            return f
+    return frames[-1] if frames else None
+
+
 def app_frame(frames: tuple[Frame, ...]) -> Frame | None:
     """The innermost frame that lies in application code."""
     for f in reversed(frames):
