@@ -29,6 +29,7 @@ from ._faulthandler import Capture
 from ._handle import LoopWatch
 from ._inflight import records as inflight_records
 from ._inflight import snapshot as inflight_snapshot
+from ._native_jobs import NativeJobs
 from ._observe import idle_at
 from ._sinks import metrics as _metrics
 from ._sinks.dumpfile import dump_name, rewrite_dump, write_dump
@@ -164,6 +165,24 @@ class Pipeline:
 
     def __init__(self) -> None:
         self.open: dict[tuple[int, int], Record] = {}
+        self.native = NativeJobs()  # py-spy runs off the watchdog thread
+
+    def apply_native(self, wait: float = 0.0) -> None:
+        """Each round: py-spy traces taken since, into their dumps."""
+        for w, rec, native in self.native.done(wait):
+            rec.native = native
+            _rewrite(w, rec)
+
+    def close(self) -> None:
+        """Watching stops: wait a little for py-spy runs in flight, then stop; a dump
+        whose run did not finish says so (never "still running" for good)."""
+        if self.native.waiting:
+            self.apply_native(wait=1.0)
+        for w, rec in list(self.native.waiting.values()):
+            rec.native = Native(False, error="py-spy had not finished when watching stopped")
+            _rewrite(w, rec)
+        self.native.waiting.clear()
+        self.native.stop()
 
     def freeze(self, w: LoopWatch, *, start: float, age: float, late: bool,
                since: float | None = None, cap: Capture | None = None,
@@ -210,7 +229,8 @@ class Pipeline:
                 rec.native = gl.sentinel_native(w.state.sent_at if since is None else since,
                                                 cfg.sentinel, cfg.threshold)
         elif cfg.native:
-            rec.native = _gil.live_native(w.pyspy, cfg.native_timeout)
+            self.native.submit(w, rec)  # rewritten when py-spy is done (apply_native)
+            return rec
         if cfg.native and rec.native is None:
             # Never leave "still running (this file is rewritten)" for good.
             rec.native = Native(False, error="no native trace: the sentinel is not running",
@@ -241,8 +261,7 @@ class Pipeline:
                        why if path else f"{why}; dump_failed: {w.last_dump_error}"),
              snap=snap, report_id=upd.report_id)
         if path and w.config.native:
-            upd.native = _gil.live_native(w.pyspy, w.config.native_timeout)
-            _rewrite(w, upd)
+            self.native.submit(w, upd)
 
     def ended(self, w: LoopWatch, d: _detect.Ended) -> None:
         rec = self.open.pop((id(w), d.freeze_id), None)

@@ -122,6 +122,7 @@ class Watchdog:
             self._rounds()
             self._finish()
         finally:
+            self.pipeline.close()
             self.gil.close()  # cancel our faulthandler handler, let the sentinel go
 
     def _finish(self) -> None:
@@ -262,6 +263,10 @@ class Watchdog:
                 silent = now - woke if loop_woke else max(0.0, late)
                 self.gil.sentinel.stand_down(0.0)
                 parked_wait = False
+            try:
+                self.pipeline.apply_native()  # py-spy traces taken since the last round
+            except Exception as e:  # boundary: the dump-file sink
+                self._error("native", e)
             try:
                 cap = self.gil.round(now, watches, silent)
             except Exception as e:  # boundary: the GIL layers; detection goes on without them

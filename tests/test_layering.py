@@ -37,8 +37,8 @@ LAYERS: list[set[str]] = [
     {"_gil", "_registry"},
     # 4: the handle
     {"_handle"},
-    # 5: observing a loop
-    {"_observe"},
+    # 5: observing a loop; py-spy off the watchdog thread
+    {"_observe", "_native_jobs"},
     # 6: decisions to sinks
     {"_pipeline"},
     # 7: the thread

@@ -259,3 +259,33 @@ def test_sentinel_idle_cost_and_off_switch(dump_dir: Path) -> None:
     assert _config.load(kw, {"FREEZEWATCH_SENTINEL": "0"}).sentinel is False
     assert _config.load(kw, {"FREEZEWATCH_FAULTHANDLER": "off"}).faulthandler is False
 
+
+
+N_BACK_TO_BACK = 12
+_BACK_TO_BACK = "\n".join(
+    ["async def back_to_back(asyncio, time):"]
+    + [f"    time.sleep(0.5)  # pin: b{i}\n    await asyncio.sleep(0.15)"
+       for i in range(N_BACK_TO_BACK)])
+
+
+def test_back_to_back_freezes_while_pyspy_runs_are_each_detected(tmp_path: Path,
+                                                                  events: Any) -> None:
+    """py-spy runs for every freeze (native on); freezes at distinct lines 0.15 s apart,
+    each longer than the threshold: every one is detected and pinned (py-spy runs off
+    the watchdog thread, which keeps watching meanwhile)."""
+    dump_dir = tmp_path / "dumps"
+    src = tmp_path / "back_to_back.py"
+    src.write_text(_BACK_TO_BACK + "\n")
+    namespace: dict[str, Any] = {}
+    exec(compile(src.read_text(), str(src), "exec"), namespace)
+
+    async def main() -> None:
+        freezewatch.install(threshold=0.3, interval=0.05, dump_dir=str(dump_dir), native=True)
+        await asyncio.sleep(0.2)
+        await namespace["back_to_back"](asyncio, time)
+        await asyncio.sleep(0.5)
+
+    asyncio.run(main())
+    wait_for(lambda: len(events.named("freeze_ended")) >= N_BACK_TO_BACK, 30)
+    lines = sorted(assert_contract(p)["blocking_frame"]["line"] for p in dumps(dump_dir))
+    assert lines == sorted(pin(src, f"b{i}").line for i in range(N_BACK_TO_BACK))
