@@ -180,7 +180,9 @@ def render(doc: dict[str, Any]) -> str:
     if len(units) > len(shown):
         lines.append(f"In flight:   ... {len(units) - len(shown)} more in the .json")
     if doc.get("gil_held"):
-        lines.append("GIL:         held during the freeze (captured by faulthandler)")
+        # The same words as the JSON's captured_by: who took the stack during the freeze.
+        by = escape(str(doc.get("captured_by") or "faulthandler"))
+        lines.append(f"GIL:         held during the freeze (captured by {by})")
     lines.append("")
     lines.extend(render_waits.section(doc))
 
