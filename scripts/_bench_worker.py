@@ -77,6 +77,7 @@ _ALL_OFF = {"sentinel": False, "faulthandler": False, "native": False}
 VARIANTS: dict[str, tuple[dict[str, bool], dict[str, Any]] | None] = {
     "plain": None,
     "ref": None,
+    "import": None,  # the reference heartbeat, with freezewatch imported, not installed
     "hb": ({"selector": False, "gc_hook": False}, _ALL_OFF),
     "selector": ({"selector": True, "gc_hook": False}, _ALL_OFF),
     "gc": ({"selector": True, "gc_hook": True}, _ALL_OFF),
@@ -128,7 +129,10 @@ def watch_as(variant: str, dump_dir: str, **more: Any) -> None:
     """Watch the running loop as ``variant`` says (before the server answers)."""
     if variant == "plain":
         return
-    if variant == "ref":
+    if variant in ("ref", "import"):
+        if variant == "import":  # what install() would import, without installing
+            import freezewatch._install
+            import freezewatch._sinks.metrics
         reference_heartbeat(asyncio.get_running_loop())
         return
     spec = VARIANTS[variant]

@@ -373,7 +373,9 @@ class Bench:
 
     def components(self) -> None:
         ladder = ["hb", "selector", "gc", "sentinel", "faulthandler", "metrics", "defaults"]
-        print("\n   ladder, each step adds one part to the previous: hb = heartbeat only "
+        print("\n   import = the reference heartbeat with freezewatch imported, not installed "
+              "(what importing it costs a server); "
+              "ladder, each step adds one part to the previous: hb = heartbeat only "
               "(_state.parts selector/gc_hook False, sentinel/faulthandler/native False); "
               "selector = + selector wrapper (parking, GIL hand-off); gc = + gc.callbacks "
               "hook; sentinel = + sentinel process; faulthandler = + faulthandler layer "
@@ -381,7 +383,7 @@ class Bench:
               "defaults = install() at defaults")
         ratios = self._corun("1c. components (asyncio): aiohttp, CPU/request X / plain",
                              ["--variant", "plain"],
-                             [(v, ["--variant", v]) for v in ["ref", *ladder]],
+                             [(v, ["--variant", v]) for v in ["ref", "import", *ladder]],
                              self.a.components_rounds, {"defaults": "<= 1.01 and <= ref"})
         prev = "plain"
         print("   step by step (median of the per-round differences, points of CPU/request):")
