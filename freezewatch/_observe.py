@@ -55,6 +55,14 @@ def with_details(w: LoopWatch, obs: _detect.Observation,
     """The observation plus what only a decision on a late beat needs."""
     if w.thread_ident is None:
         locate_thread(w, tops)
+    st = w.state
+    if (obs.answered_seq == st.sent_seq
+            and obs.answered_at - max(st.sent_at, obs.allow_exit_at) < st.threshold):
+        # The beat came back in time (the common round on a busy loop): step()
+        # only records its lag, so skip the run-delay read. That read is a
+        # syscall, which hands the GIL to a busy loop thread and then takes
+        # it back (a forced switch of the loop thread, every round).
+        return obs
     return dataclasses.replace(obs, run_delay=w.loop_run_delay(),
                                debugger=debugger_stopped(w, tops))
 

@@ -72,7 +72,7 @@ class WakingSelector:
     def select(self, timeout: float | None = None) -> Any:
         # The loop thread's hot path: one call per loop iteration (about one per
         # request on a busy server), so it does only what the watchdog needs
-        # (scripts/overhead_breakdown.py measures it).
+        # (scripts/bench.py --only components measures it).
         st = self._fw_state
         if timeout is None or timeout > 0:
             st.in_select = True  # waiting for I/O: idle
@@ -97,7 +97,7 @@ class WakingSelector:
                 # GIL convoy: a saturated loop releases and re-takes the GIL on
                 # every select(0); each release wakes the waiting watchdog, which
                 # then loses the race again, burning CPU and slowing this loop
-                # (scripts/saturation_cost.py: 78.6 ms/s of watchdog CPU, loop
+                # (measured before the redesign: 78.6 ms/s of watchdog CPU, loop
                 # 14.1 % slower; with the hand-off 3.5 ms/s, 3.4 %). Once
                 # per watchdog round, stand aside until its round is done (at
                 # most HANDOFF_MAX): one short pause instead of a convoy.

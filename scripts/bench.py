@@ -1,32 +1,43 @@
-"""freezewatch benchmark (``make bench``; ``make bench BENCH_ARGS=--quick``).
+"""freezewatch benchmark (``make bench``; ``make bench BENCH_ARGS="--only corun"``).
 
-Prints, for this machine, the figures the core issue sets targets for, each
-measured side by side in one run with interleaved rounds and medians:
+Prints, for this machine, the figures issue 12 sets targets for, each
+measured side by side in one run with interleaved rounds, medians and ranges,
+and MET / NOT MET next to each target:
 
-1. overhead  (a) CPU time per request of a real aiohttp hello-world server
-             with freezewatch.install() at defaults vs a plain one, both
-             pinned to the same core at the same moment, each loaded by its
-             own load-generator process (a raw asyncio keep-alive client,
-             scripts/_bench_load.py); a plain-vs-plain control pair runs in
-             the same window and shows the method's own noise. Every
-             measured process runs with fixed glibc malloc thresholds (see
-             MALLOC_TUNABLES for why).
-             (b) 100 tasks x ``await asyncio.sleep(0)``, 1,000,000 in total:
-             CPU time with vs without, same method (three processes on one core).
-2. idle cost  CPU ms per second of an idle watched server minus a plain one,
-             from /proc/<pid>/task/*/schedstat over the same 10 s.
+1a. co-run   an aiohttp hello-world server saturated by wrk (Debian's
+             ``wrk``), a plain server and a watched one co-running on the same
+             core (the wrks on the other): CPU time of the whole process tree
+             per request, X / plain. Pairs: control (plain vs plain: the
+             method's noise), the 40-line reference heartbeat
+             (``_bench_worker.reference_heartbeat``), freezewatch at defaults;
+             on asyncio and on uvloop; and the ASGI path (Starlette under
+             uvicorn, FreezewatchMiddleware on vs off). Target: <= 1.01 and
+             <= the reference of the same run.
+1b. micro    100 tasks x ``await asyncio.sleep(0)``, 1,000,000 in total:
+             CPU with vs without (three processes on one core). <= 1.01.
+1c. components (``--only components``, ~4 min) the co-run ratio part by
+             part: heartbeat only, + selector wrapper, + gc hook, + sentinel,
+             + faulthandler layer, + metrics server, defaults (parts without a
+             setting are switched off through the documented seam
+             ``freezewatch._state.parts``; nothing is patched).
+2. idle cost CPU ms per second of the whole process tree (server + sentinel)
+             of an idle watched server minus a plain one, asyncio and uvloop,
+             from /proc/<pid>/task/*/schedstat over the same 10 s. <= 0.3 ms/s.
 3. detection latency  30 injected freezes of 1.5 x threshold (0.5 s), native
              off: block start -> dump .json exists (polled every 1 ms from
-             this process), minus the threshold.
+             this process), minus the threshold. p99 <= interval + 50 ms.
 4. capture cost  1,000 / 10,000 / 100,000 tasks awaiting in six coroutine
              shapes: detected_at -> dump .json exists (capture + render +
              write), and file sizes.
 5. watch() cost  ns per ``async with freezewatch.watch("x")`` vs a trivial
-             async context manager, on a watched loop.
+             async context manager, on a watched loop; the unwatched no-op
+             path, the decorator, the ASGI middleware per request.
+6. waits     (``--only waits``) ms per wait-age sample at 10,000 / 100,000 tasks.
 
 CPU time is read from /proc/<pid>/task/*/schedstat summed over the threads
 (the watchdog and events threads included: /proc/<pid>/schedstat alone is the
-main thread only). All measured processes are children of this script.
+main thread only) and over the live descendants (the sentinel). All measured
+processes are children of this script.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ import mmap
 import os
 import queue
 import random
+import re
 import shutil
 import statistics
 import struct
@@ -57,7 +69,6 @@ from _bench_proc import delta, tree_cpu
 PY = sys.executable
 HERE = Path(__file__).resolve().parent
 WORKER = str(HERE / "_bench_worker.py")
-LOAD = str(HERE / "_bench_load.py")
 THRESHOLD = 0.5  # detection-latency and capture runs
 # Fixed glibc malloc thresholds for every measured process. Without them a
 # plain aiohttp hello-world server trims its heap top and faults it back in
@@ -67,6 +78,7 @@ THRESHOLD = 0.5  # detection-latency and capture runs
 # escapes it and looks ~27 % *cheaper*. Fixed thresholds take that luck out
 # of the comparison (--malloc default puts it back, to see it).
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=268435456"
+OPT_IN = ("components", "waits")  # long or special: only with --only NAME
 INTERVAL = 0.1  # freezewatch's default; the latency target is interval + 50 ms
 
 
@@ -264,88 +276,125 @@ class Bench:
             for k in kids:
                 k.stop()
 
-    # -- 1a ------------------------------------------------------------------
-    def overhead_server(self) -> None:
+    # -- 1a: co-run ------------------------------------------------------------
+    def _wrk(self, port: int, seconds: float) -> subprocess.Popen[str]:
+        cmd = ["wrk", "-t1", f"-c{self.a.conns}", f"-d{seconds:g}s", f"http://127.0.0.1:{port}/"]
+        if self.load_cpu is not None:
+            cmd = ["taskset", "-c", str(self.load_cpu), *cmd]
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True)
+
+    @staticmethod
+    def _wrk_requests(p: subprocess.Popen[str]) -> int:
+        out, _ = p.communicate(timeout=60)
+        m = re.search(r"(\d+) requests in", out)
+        if m is None or p.returncode:
+            raise RuntimeError(f"wrk failed (rc={p.returncode}): {out[-300:]!r}")
+        return int(m.group(1))
+
+    def _pair(self, left: list[str], right: list[str]) -> tuple[float, float]:
+        """CPU ns per request of two servers co-running on one core, each saturated
+        by its own wrk on the other core over the same window."""
         a = self.a
-        print(f"\n## 1a. aiohttp hello world: CPU per request, watched vs plain "
-              f"({a.rounds} rounds x {a.window:g} s, {a.conns} keep-alive conns each)")
-        pin = (f"servers pinned to CPU {self.server_cpu}, load generators "
-               + (f"to CPU {self.load_cpu}" if self.load_cpu is not None else "unpinned")
+        with self.children() as kids:
+            sides = [left, right]
+            order = [0, 1] if random.random() < 0.5 else [1, 0]
+            srv: dict[int, Child] = {}
+            for i in order:
+                srv[i] = Child(["server", *self.cpu_args(self.server_cpu), *sides[i],
+                                "--dump-dir", self.dump_dir("corun")], self.log)
+                kids.append(srv[i])
+            port = {i: int(srv[i].expect("port")[1]) for i in order}
+            for p in [self._wrk(port[i], a.warmup) for i in order]:
+                self._wrk_requests(p)  # warm-up: imports, first requests, the watchdog up
+            c0 = {i: tree_cpu(srv[i].pid) for i in order}
+            loads = {i: self._wrk(port[i], a.window) for i in order}
+            reqs = {i: self._wrk_requests(loads[i]) for i in order}
+            c1 = {i: tree_cpu(srv[i].pid) for i in order}
+        per = [delta(c0[i], c1[i])[0] / max(1, reqs[i]) for i in (0, 1)]
+        return per[0], per[1]
+
+    def _corun(self, title: str, base: list[str], variants: list[tuple[str, list[str]]],
+               rounds: int, targets: dict[str, str]) -> dict[str, list[float]]:
+        """Rounds of pairs (base vs each variant, control: base vs base), interleaved:
+        every round runs every pair once, in a shuffled order."""
+        a = self.a
+        print(f"\n## {title}")
+        if shutil.which("wrk") is None:
+            raise RuntimeError("wrk not found: apt-get install -y wrk (Debian's package)")
+        pin = (f"servers pinned to CPU {self.server_cpu}, wrk to "
+               + (f"CPU {self.load_cpu}" if self.load_cpu is not None else "any CPU")
                if self.server_cpu is not None else "no pinning (a single CPU available)")
-        print(f"   3 servers (plain A, watched W, plain B) side by side, {pin}; "
-              f"fresh processes each round, start order shuffled; glibc malloc thresholds "
-              f"{'fixed (MALLOC_TUNABLES)' if Child.env else 'default'}")
-        roles = ["A", "W", "B"]
-        watched_ratio: list[float] = []
-        control_ratio: list[float] = []
-        extra_ms: list[float] = []
-        srv_ms: list[float] = []
-        rng = random.Random(7)
-        for r in range(a.rounds):
-            order = roles[:]
-            rng.shuffle(order)
-            with self.children() as kids:
-                servers: dict[str, Child] = {}
-                for role in order:
-                    extra = (["--watch", "--dump-dir", self.dump_dir("overhead")]
-                             if role == "W" else [])
-                    servers[role] = Child(["server", *self.cpu_args(self.server_cpu), *extra],
-                                          self.log)
-                    kids.append(servers[role])
-                ports = {role: int(servers[role].expect("port")[1]) for role in order}
-                counters: dict[str, mmap.mmap] = {}
-                loaders: list[subprocess.Popen[bytes]] = []
-                try:
-                    for role in order:
-                        path = os.path.join(self.tmp, f"count-{r}-{role}")
-                        with open(path, "wb") as fw:
-                            fw.write(b"\0" * 8)
-                        with open(path, "r+b") as fr:
-                            counters[role] = mmap.mmap(fr.fileno(), 8)
-                        loaders.append(subprocess.Popen(
-                            [PY, LOAD, "--port", str(ports[role]), "--conns", str(a.conns),
-                             "--counter", path, *self.cpu_args(self.load_cpu)],
-                            stdout=subprocess.DEVNULL, stderr=self.log))
-                    time.sleep(a.warmup)
-                    s0 = _sample(order, servers, counters)
-                    time.sleep(a.window)
-                    s1 = _sample(order, servers, counters)
-                finally:
-                    for p in loaders:
-                        p.terminate()
-                        p.wait()
-                    for m in counters.values():
-                        m.close()
-            per: dict[str, float] = {}
-            reqs: dict[str, int] = {}
-            srv_ms.append(delta(s0["A"][0], s1["A"][0])[0] / a.window / 1e6)
-            for role in roles:
-                reqs[role] = s1[role][1] - s0[role][1]
-                if reqs[role] <= 0:
-                    raise RuntimeError(f"round {r}: server {role} served no requests")
-                per[role] = delta(s0[role][0], s1[role][0])[0] / reqs[role]
-            watched_ratio.append(per["W"] / per["A"])
-            control_ratio.append(per["B"] / per["A"])
-            # freezewatch's cost as CPU per second: W's CPU minus what its requests
-            # would have cost at A's rate (fixed per-second costs show up here).
-            extra_ms.append((per["W"] - per["A"]) * reqs["W"] / a.window / 1e6)
-            print(f"   round {r + 1}: us/request A {per['A'] / 1e3:6.1f}  W {per['W'] / 1e3:6.1f}"
-                  f"  B {per['B'] / 1e3:6.1f}   requests A {reqs['A']} W {reqs['W']} "
-                  f"B {reqs['B']}   W/A {pct(watched_ratio[-1] - 1)}  B/A "
-                  f"{pct(control_ratio[-1] - 1)}  W extra {extra_ms[-1]:.1f} ms/s")
-        w = statistics.median(watched_ratio) - 1
-        c = statistics.median(control_ratio) - 1
-        cspread = max(abs(x - 1) for x in control_ratio)
-        print(f"   median W/A {pct(w)} (rounds {pct(min(watched_ratio) - 1)} .. "
-              f"{pct(max(watched_ratio) - 1)});  control B/A {pct(c)} (rounds "
-              f"{pct(min(control_ratio) - 1)} .. {pct(max(control_ratio) - 1)})")
-        print(f"   freezewatch's extra CPU in W, median {statistics.median(extra_ms):.1f} ms per "
-              f"second (each server here gets only ~{statistics.median(srv_ms):.0f} ms of CPU "
-              f"per second: a fixed per-second cost weighs more than on a busy server)")
-        self.rows.append(Row("overhead, aiohttp CPU/request (W vs plain)",
-                             f"{pct(w)} (control {pct(c)}, max |round| {cspread * 100:.1f} %;"
-                             f" {statistics.median(extra_ms):.1f} ms/s)",
-                             "<= +1 %", w <= 0.01))
+        print(f"   pairs co-running on one core ({pin}); each server saturated by its own "
+              f"wrk -t1 -c{a.conns}; {a.warmup:g} s warm-up, {a.window:g} s measured; CPU "
+              f"of the whole process tree per request, X / plain; {rounds} interleaved rounds")
+        pairs = [("control", base), *variants]
+        ratios: dict[str, list[float]] = {name: [] for name, _ in pairs}
+        rng = random.Random(len(title))
+        for r in range(rounds):
+            todo = pairs[:]
+            rng.shuffle(todo)
+            line = []
+            for name, args in todo:
+                pa, px = self._pair(base, args)
+                ratios[name].append(px / pa)
+                line.append(f"{name} {px / pa:.3f}")
+            print(f"   round {r + 1}: " + "  ".join(line))
+        ref = statistics.median(ratios["ref"]) if "ref" in ratios else None
+        for name, _ in pairs:
+            xs = ratios[name]
+            med = statistics.median(xs)
+            t = targets.get(name)
+            verdict = ""
+            if name == "ref":
+                self.rows.append(Row(f"{title.split(':')[0]}: ref (40-line heartbeat)",
+                                     f"{med:.3f} ({min(xs):.3f}-{max(xs):.3f})", "-", None))
+            if t is not None:
+                met = med <= 1.01 and (ref is None or name == "ref" or med <= ref)
+                verdict = f"   target {t}: {'MET' if met else 'NOT MET'}"
+                self.rows.append(Row(f"{title.split(':')[0]}: {name}", f"{med:.3f} "
+                                     f"({min(xs):.3f}-{max(xs):.3f})", t, met))
+            print(f"   {name:>13}: median {med:.3f}  range {min(xs):.3f} - {max(xs):.3f}"
+                  f"{verdict}")
+        return ratios
+
+    def corun(self) -> None:
+        want = "<= 1.01 and <= ref"
+        for loop in ("asyncio", "uvloop"):
+            base = ["--loop", loop, "--variant", "plain"]
+            ratios = self._corun(
+                f"1a. co-run ({loop}): aiohttp hello world, CPU/request X / plain",
+                base, [(v, ["--loop", loop, "--variant", v]) for v in ("ref", "defaults")],
+                self.a.corun_rounds, {"defaults": want})
+            c = ratios["control"]
+            self.rows.append(Row(f"1a. co-run ({loop}): control (method noise)",
+                                 f"{statistics.median(c):.3f} ({min(c):.3f}-{max(c):.3f})",
+                                 "~1.000", None))
+        self._corun("1a. co-run (ASGI): Starlette under uvicorn, middleware on / off",
+                    ["--app", "asgi", "--variant", "plain"],
+                    [("middleware", ["--app", "asgi", "--variant", "defaults"])],
+                    self.a.corun_rounds, {"middleware": "<= 1.01"})
+
+    def components(self) -> None:
+        ladder = ["hb", "selector", "gc", "sentinel", "faulthandler", "metrics", "defaults"]
+        print("\n   import = the reference heartbeat with freezewatch imported, not installed "
+              "(what importing it costs a server); "
+              "ladder, each step adds one part to the previous: hb = heartbeat only "
+              "(_state.parts selector/gc_hook False, sentinel/faulthandler/native False); "
+              "selector = + selector wrapper (parking, GIL hand-off); gc = + gc.callbacks "
+              "hook; sentinel = + sentinel process; faulthandler = + faulthandler layer "
+              "(needs the sentinel); metrics = + metrics server (native still off); "
+              "defaults = install() at defaults")
+        ratios = self._corun("1c. components (asyncio): aiohttp, CPU/request X / plain",
+                             ["--variant", "plain"],
+                             [(v, ["--variant", v]) for v in ["ref", "import", *ladder]],
+                             self.a.components_rounds, {"defaults": "<= 1.01 and <= ref"})
+        prev = "plain"
+        print("   step by step (median of the per-round differences, points of CPU/request):")
+        for v in ladder:
+            base = ratios[prev] if prev in ratios else [1.0] * len(ratios[v])
+            d = [x - y for x, y in zip(ratios[v], base, strict=True)]
+            print(f"   {prev:>13} -> {v:<13} {statistics.median(d) * 100:+.2f}")
+            prev = v
 
     # -- 1b ------------------------------------------------------------------
     def overhead_micro(self) -> None:
@@ -392,40 +441,48 @@ class Bench:
         print(f"   median W/A {pct(w)};  control B/A {pct(c)};  W's extra CPU {xc:.1f} ms per "
               f"wall second (3 processes share one core, so a run lasts ~3x its CPU time and "
               f"per-second costs count ~3x)")
-        self.rows.append(Row("overhead, sleep(0) loop CPU (W vs plain)",
-                             f"{pct(w)} (control {pct(c)}; {xc:.1f} ms/s)",
-                             "<= +1 %", w <= 0.01))
+        self.rows.append(Row("1b. sleep(0) x 1M, CPU W / plain",
+                             f"{1 + w:.3f} (control {1 + c:.3f}; {xc:.1f} ms/s)",
+                             "<= 1.01", w <= 0.01))
 
     # -- 2 -------------------------------------------------------------------
     def idle(self) -> None:
         a = self.a
-        print(f"\n## 2. idle aiohttp server: CPU per second, watched vs plain, same {a.idle:g} s "
-              f"(unpinned)")
+        print(f"\n## 2. idle aiohttp server: CPU per second of the whole process tree "
+              f"(server + sentinel), watched at defaults vs plain, same {a.idle:g} s, unpinned")
         with self.children() as kids:
-            plain = Child(["server"], self.log)
-            watched = Child(["server", "--watch", "--dump-dir", self.dump_dir("idle")], self.log)
-            kids += [plain, watched]
-            plain.expect("port")
-            watched.expect("port")
+            servers: dict[str, Child] = {}
+            for loop in ("asyncio", "uvloop"):
+                for v in ("plain", "defaults"):
+                    servers[f"{loop}/{v}"] = Child(
+                        ["server", "--loop", loop, "--variant", v, "--dump-dir",
+                         self.dump_dir("idle")], self.log)
+            kids += servers.values()
+            for c in servers.values():
+                c.expect("port")
             time.sleep(2.0)  # start-up settled
             t0 = time.monotonic()
-            p0, w0 = tree_cpu(plain.pid), tree_cpu(watched.pid)
+            c0 = {k: tree_cpu(c.pid) for k, c in servers.items()}
             time.sleep(a.idle)
-            p1, w1 = tree_cpu(plain.pid), tree_cpu(watched.pid)
+            c1 = {k: tree_cpu(c.pid) for k, c in servers.items()}
             dt = time.monotonic() - t0
-            names = {pid: _comm(pid) for pid in w1}
-        pr, ps = (x / dt for x in delta(p0, p1))
-        wr, ws = (x / dt for x in delta(w0, w1))
-        pm, wm = pr / 1e6, wr / 1e6
-        print(f"   plain {pm:.3f} ms/s ({ps:.1f} wake-ups/s)   watched {wm:.3f} ms/s "
-              f"({ws:.1f} wake-ups/s)   difference {wm - pm:.3f} ms/s")
-        for pid in sorted(set(w1) | set(w0)):
-            r, n = delta({pid: w0.get(pid, (0, 0))}, {pid: w1.get(pid, (0, 0))})
-            what = "the server process" if pid == watched.pid else "a child process"
-            print(f"     watched tree: pid {pid} ({what}: {names.get(pid, '?')}): "
-                  f"{r / 1e6 / dt:.3f} ms/s, {n / dt:.1f} wake-ups/s")
-        self.rows.append(Row("idle cost (watched - plain)", f"{wm - pm:.3f} ms/s "
-                             f"({ws - ps:.1f} extra wake-ups/s)", "<= 1 ms/s", wm - pm <= 1.0))
+            names = {pid: _comm(pid) for k in c1 for pid in c1[k]}
+        for loop in ("asyncio", "uvloop"):
+            pr, ps = (x / dt for x in delta(c0[f"{loop}/plain"], c1[f"{loop}/plain"]))
+            wr, ws = (x / dt for x in delta(c0[f"{loop}/defaults"], c1[f"{loop}/defaults"]))
+            pm, wm = pr / 1e6, wr / 1e6
+            print(f"   {loop}: plain {pm:.3f} ms/s ({ps:.1f} wake-ups/s)   watched tree "
+                  f"{wm:.3f} ms/s ({ws:.1f} wake-ups/s)   difference {wm - pm:.3f} ms/s")
+            w0, w1 = c0[f"{loop}/defaults"], c1[f"{loop}/defaults"]
+            root = servers[f"{loop}/defaults"].pid
+            for pid in sorted(set(w1) | set(w0)):
+                r, n = delta({pid: w0.get(pid, (0, 0))}, {pid: w1.get(pid, (0, 0))})
+                what = "server" if pid == root else "child"
+                print(f"     pid {pid} ({what}: {names.get(pid, '?')}): "
+                      f"{r / 1e6 / dt:.3f} ms/s, {n / dt:.1f} wake-ups/s")
+            self.rows.append(Row(f"2. idle, whole tree - plain ({loop})",
+                                 f"{wm - pm:.3f} ms/s ({ws - ps:.1f} extra wake-ups/s)",
+                                 "<= 0.3 ms/s", wm - pm <= 0.3))
 
     # -- 3 -------------------------------------------------------------------
     def latency(self, native: bool, n: int) -> None:
@@ -581,30 +638,58 @@ class Bench:
         diff = statistics.median(res["diff"])
         print(f"   ns/call: watch() {res['median_watch']:.0f}, trivial CM {res['median_null']:.0f}"
               f", difference (median of rounds) {diff:.0f}")
+        print(f"   watch() on an unwatched loop (the no-op path) {res['unwatched']:.0f} ns; "
+              f"@watch decorated call {res['decorated']:.0f} ns (+"
+              f"{res['decorated'] - res['plain_call']:.0f} over a plain await); ASGI "
+              f"middleware per request {res['asgi_mw']:.0f} ns (+"
+              f"{res['asgi_mw'] - res['asgi_bare']:.0f} over the bare app)")
+        self.rows.append(Row("ASGI middleware per request, extra over the bare app",
+                             f"{res['asgi_mw'] - res['asgi_bare']:.0f} ns", "(no target)", None))
         self.rows.append(Row("watch() enter+exit, extra over empty async with",
                              f"{diff:.0f} ns ({res['median_watch']:.0f} vs "
                              f"{res['median_null']:.0f})", "a few us (issue 5)", diff <= 5000))
+
+    # -- 6 -------------------------------------------------------------------
+    def waits(self) -> None:
+        a = self.a
+        print(f"\n## 6. wait-age sample (the watchdog's WaitSampler, between freezes) at "
+              f"{', '.join(f'{n:,}' for n in a.wait_sizes)} tasks, read from another thread")
+        with self.children() as kids:
+            app = Child(["waits", "--sizes", ",".join(map(str, a.wait_sizes))], self.log)
+            kids.append(app)
+            res = json.loads(" ".join(app.expect("result", 300)[1:]))
+        for n in a.wait_sizes:
+            r = res[str(n)]
+            every = max(res["sample_every"], r["steady"] / 1000 / res["max_duty"])
+            print(f"   {n:>7,} tasks: sample {r['steady']:.1f} ms steady (first "
+                  f"{r['first']:.1f} ms, {r['steady'] * 1e3 / n:.2f} us/task) -> next sample "
+                  f"after {every:.1f} s (duty <= {res['max_duty']:.0%}); dump grouping "
+                  f"+{r['aged'] - r['plain']:.1f} ms for ages ({r['plain']:.0f} ms without)")
+            self.rows.append(Row(f"wait-age sample, {n:,} tasks", f"{r['steady']:.1f} ms",
+                                 "(no target)", None))
 
     # -- all -----------------------------------------------------------------
     def run(self) -> int:
         a = self.a
         phases: list[tuple[str, Callable[[], None]]] = [
-            ("server", self.overhead_server),
+            ("corun", self.corun),
+            ("components", self.components),
             ("micro", self.overhead_micro),
             ("idle", self.idle),
             ("latency", lambda: self.latency(False, a.freezes)),
             ("capture", self.capture),
             ("watch", self.watch_cost),
+            ("waits", self.waits),
         ]
         if a.native:
-            phases.insert(4, ("latency-native", lambda: self.latency(True, a.native_freezes)))
+            phases.insert(5, ("latency-native", lambda: self.latency(True, a.native_freezes)))
         started = time.monotonic()
         load1 = os.getloadavg()[0]
         print(f"freezewatch bench: Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
               f"load average {load1:.2f} at start; temp dir {self.tmp}")
         print(f"   tree: {_tree_state()}; freezewatch defaults: {_defaults()}")
         for name, fn in phases:
-            if a.only and name not in a.only:
+            if (name not in a.only) if a.only else (name in OPT_IN):
                 continue
             try:
                 fn()
@@ -638,27 +723,31 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     ap.add_argument("--quick", action="store_true", help="fewer rounds (about half the time)")
     ap.add_argument("--only", type=lambda s: s.split(","), default=None,
-                    help="comma list of: server,micro,idle,latency,latency-native,capture,watch")
+                    help="comma list of: corun,components,micro,idle,latency,latency-native,"
+                         "capture,watch,waits (components and waits run only when named)")
     ap.add_argument("--native", action="store_true",
                     help="also measure detection latency with native (py-spy) on")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (dumps, worker log)")
-    ap.add_argument("--rounds", type=int, default=None, help="overhead rounds (default 8)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="co-run rounds (default 3; --only components: 5)")
     ap.add_argument("--window", type=float, default=None, help="seconds measured per round")
     ap.add_argument("--malloc", default="fixed", choices=["fixed", "default"],
                     help="glibc malloc thresholds of the measured processes (see MALLOC_TUNABLES)")
     ap.add_argument("--idle", type=float, default=None, help="idle window, s (default 10)")
     ap.add_argument("--conns", type=int, default=None, help="connections per load generator")
     ap.add_argument("--load-cpu", default="other", choices=["other", "same", "any"],
-                    help="load generators on the other CPU than the servers (default), the same, "
+                    help="wrk on the other CPU than the servers (default), the same, "
                          "or unpinned")
     a = ap.parse_args(argv)
     q = a.quick
-    a.rounds = a.rounds or (4 if q else 8)
-    a.window = a.window or (3.0 if q else 4.0)
+    a.corun_rounds = a.rounds or (2 if q else 3)
+    a.components_rounds = a.rounds or (3 if q else 5)
+    a.window = a.window or (2.0 if q else 3.0)
     a.warmup = 1.0
     a.conns = a.conns or 16
     a.micro_total = 1_000_000
-    a.micro_rounds = 3 if q else 5
+    a.micro_rounds = 3
+    a.wait_sizes = [10_000, 100_000]
     a.idle = a.idle or 10.0
     a.freezes = 15 if q else 30
     a.native_freezes = 10
