@@ -190,7 +190,7 @@ class LoopWatch:
         finished client request): one event, through the log sink's queue."""
         event = FreezeEvent("stall_ended", self.name,
                             round(time.monotonic() - unit.started, 3),
-                            reason=f"{unit.kind} {unit.name!r}")
+                            reason=f"{unit.kind} {unit.shown_name()!r}")
         events.emit(event, self.hooks, "info", Report(event, level="info"))
 
     def _beat(self, seq: int) -> None:

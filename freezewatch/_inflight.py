@@ -55,7 +55,7 @@ class Unit:
 
     __slots__ = (
         "detail", "done_probe", "kind", "name", "namer", "owner", "phase", "phase_at",
-        "phase_tail", "request_id", "stall_after", "stalled_at", "started", "task",
+        "phase_tail", "request_id", "shown", "stall_after", "stalled_at", "started", "task",
     )
 
     def __init__(self, name: str, kind: str, stall_after: float | None, task: Any,
@@ -78,6 +78,9 @@ class Unit:
         # it matched). Plain reads only; once it answers, ``name`` is replaced
         # (a single store: the loop thread never writes ``name`` after opening).
         self.namer: Callable[[], str | None] | None = None
+        # ``name`` as recorded: redacted on first use, on the watchdog thread (or
+        # the events of a stall), never on the loop thread's hot path.
+        self.shown: str | None = None
 
     def _rule(self) -> _redact.Rule | None:
         owner = self.owner
@@ -92,9 +95,16 @@ class Unit:
             except Exception:  # the probed object changed under us: keep the name
                 better = None
             if better:
-                self.name = _redact.apply(self._rule(), better)
+                self.name, self.shown = better, None
                 self.namer = None
-        return self.name
+        return self.shown_name()
+
+    def shown_name(self) -> str:
+        """``name`` passed through the redaction rule (computed once)."""
+        shown = self.shown
+        if shown is None:
+            shown = self.shown = _redact.apply(self._rule(), self.name)
+        return shown
 
     def set_phase(self, phase: str, tail: str | None = None) -> None:
         """Record how far this unit got (loop thread)."""
@@ -124,10 +134,10 @@ class Unit:
                 task_name = _redact.apply(rule, task.get_name())
             except Exception:  # a task subclass with a broken get_name
                 task_name = "<unnamed>"
-        self.current_name()
+        name = self.current_name()
         detail = self.describe(now)
         return InflightUnit(
-            self.name, self.kind, now - self.started, task_name,
+            name, self.kind, now - self.started, task_name,
             None if detail is None else _redact.apply(rule, detail),
             request_id=self.request_id,
             in_blocking_task=subject is not None and task is subject,
@@ -147,8 +157,7 @@ def open_unit(name: str, kind: str = "watch", stall_after: float | None = None,
     w = _state.by_loop.get(loop)
     if w is None:
         return None
-    # Redacted here, on the loop thread: the name also goes into stall events.
-    name = _redact.apply(w.config.redact, name)
+    # Not redacted here (the loop thread's hot path): on first use, shown_name().
     unit = Unit(name, kind, stall_after, _current_task(loop), w, request_id)
     w.inflight[id(unit)] = unit
     return unit

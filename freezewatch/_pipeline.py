@@ -356,7 +356,7 @@ class Pipeline:
             if path is None:
                 reason = f"dump_failed: {w.last_dump_error}"
         emit(w, _event("stall_detected", w, snap, age, path,
-                       reason or f"{unit.kind} {unit.name!r}"),
+                       reason or f"{unit.kind} {unit.shown_name()!r}"),
              snap=snap, report_id=next(_report_ids))
 
     def forget(self, w: LoopWatch) -> None:
