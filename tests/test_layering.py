@@ -27,7 +27,8 @@ LAYERS: list[set[str]] = [
      "_snapshot.native", "_snapshot.gcwatch", "_snapshot.cause", "_snapshot.capture",
      "_snapshot.otel_context", "_inflight", "_allow", "_html_timeline", "_html_detail"},
     # 2: the sinks and services; the layers outside the GIL
-    {"_sinks.report", "_sinks.log", "_sinks.metrics", "_sinks.health", "_sinks.serve",
+    {"_sinks.report", "_sinks.log", "_sinks.metrics", "_sinks.workers", "_sinks.health",
+     "_sinks.serve",
      "_sinks.sdnotify", "_sinks.dumpfile", "_sinks.retention", "_sinks.otel", "_sinks.sentry",
      "_sinks.dumpdir", "_config",
      "_faulthandler", "_sentinel"},
@@ -50,7 +51,7 @@ LAYERS: list[set[str]] = [
 
 THIRD_PARTY_HOMES = {
     "structlog": {"_sinks.log"},
-    "prometheus_client": {"_sinks.metrics", "_sinks.serve", "_install"},
+    "prometheus_client": {"_sinks.metrics", "_sinks.workers", "_sinks.serve", "_install"},
     "aiohttp": {"aiohttp"},
     "pytest": {"pytest_plugin"},
     "opentelemetry": {"_sinks.otel", "_snapshot.otel_context", "otel"},

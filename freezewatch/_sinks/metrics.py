@@ -65,6 +65,8 @@ class _Family:
     dumps: Counter
     dump_failures: Counter
     stalls: Counter
+    worker_blocked: Gauge
+    server_skipped: Counter
 
 
 @dataclass
@@ -82,6 +84,7 @@ class _Bound:
     dumps: Any
     dump_failures: Any
     stalls: Any
+    worker_blocked: Any
     tasks_sampled_at: float = float("-inf")
     multiprocess: bool = False
     """Multiprocess mode when bound: the watchdog must store the blocked gauge."""
@@ -141,6 +144,18 @@ def family(registry: CollectorRegistry | None = None) -> _Family:
             stalls=Counter(PREFIX + "stalls_total",
                            "watch() units of work still open after their stall_after.",
                            labels, registry=reg),
+            # Which worker: one series per live process (and loop). Multiprocess
+            # mode adds the pid label itself ("liveall"), dropped when the worker
+            # is marked dead; a single process labels its own series.
+            worker_blocked=Gauge(PREFIX + "worker_loop_blocked_seconds",
+                                 "Seconds the loop has been frozen right now, per "
+                                 "process (pid).",
+                                 labels if multiprocess_dir() else ("loop", "pid"),
+                                 registry=reg, multiprocess_mode="liveall"),
+            server_skipped=Counter(PREFIX + "metrics_server_skipped_total",
+                                   "Processes that found metrics_port taken and serve no "
+                                   "metrics themselves (another worker does).",
+                                   registry=reg),
         )
         _families[reg] = fam
         return fam
@@ -168,6 +183,7 @@ def bind(w: Any) -> _Bound:
             fam.freeze_duration.labels(name), fam.blocked.labels(name),
             fam.last_heartbeat.labels(name), fam.tasks.labels(name), fam.dumps.labels(name),
             fam.dump_failures.labels(name), fam.stalls.labels(name),
+            _worker_child(fam, name),
             multiprocess=multiprocess_dir() is not None,
         )
         # Scrape-time value (single process); the watchdog's set() below is
@@ -175,10 +191,22 @@ def bind(w: Any) -> _Bound:
         # not keep an uninstalled handle alive.
         ref = weakref.ref(w)
         nb.blocked.set_function(lambda: _blocked_now(ref))
+        nb.worker_blocked.set_function(lambda: _blocked_now(ref))
         if b is not None and b.name != name:
             _remove_gauges(b)
         _state.metric_children[w] = nb
     return nb
+
+
+def _worker_child(fam: _Family, name: str) -> Any:
+    if multiprocess_dir():
+        return fam.worker_blocked.labels(name)
+    return fam.worker_blocked.labels(name, str(os.getpid()))
+
+
+def server_skipped(registry: Any) -> None:
+    """This process found metrics_port taken (install time)."""
+    family(registry).server_skipped.inc()
 
 
 def _blocked_now(ref: weakref.ref[Any]) -> float:
@@ -192,6 +220,11 @@ def _remove_gauges(b: _Bound) -> None:
     for g in (b.family.blocked, b.family.last_heartbeat, b.family.tasks):
         with contextlib.suppress(KeyError):  # never had a value
             g.remove(b.name)
+    with contextlib.suppress(KeyError, ValueError):
+        if b.multiprocess:
+            b.family.worker_blocked.remove(b.name)
+        else:
+            b.family.worker_blocked.remove(b.name, str(os.getpid()))
 
 
 def forget(w: Any) -> None:
@@ -202,6 +235,8 @@ def forget(w: Any) -> None:
             _remove_gauges(b)
             if multiprocess_dir():  # the value file keeps the last value: make it 0
                 b.blocked.set(0.0)
+                b.worker_blocked.set(0.0)
+                b.last_heartbeat.set(0.0)  # not watched: not "silent" (see _sinks.workers)
 
 
 def after_fork() -> None:
@@ -221,6 +256,7 @@ def sample(w: Any, now: float) -> None:
     blocked = w.blocked_for()
     if b.multiprocess:  # single process: the function gauge is exact
         b.blocked.set(blocked)
+        b.worker_blocked.set(blocked)
     if now - b.tasks_sampled_at >= TASKS_SAMPLE_EVERY and blocked == 0.0:
         b.tasks_sampled_at = now
         from .._snapshot.tasks import all_tasks
@@ -246,6 +282,7 @@ def freeze_ended(w: Any, seconds: float) -> None:
     b.freeze_duration.observe(seconds)
     b.last_heartbeat.set(time.time())
     b.blocked.set(0.0)
+    b.worker_blocked.set(0.0)
 
 
 def stall_detected(w: Any) -> None:
