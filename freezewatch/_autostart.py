@@ -47,6 +47,12 @@ def start() -> None:
     # that reset and watches the child's first loop afresh.
     if _install() and hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_install)
+    try:
+        from . import _autoasgi
+
+        _autoasgi.enable()  # requests named under uvicorn (and gunicorn's UvicornWorker)
+    except Exception as e:  # boundary: never the application's start
+        print(f"freezewatch: requests not named in pid {os.getpid()}: {e}", file=sys.stderr)
 
 
 def _install() -> bool:

@@ -42,6 +42,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 REQUEST_ID_HEADER = "x-request-id"
 MAX_REQUEST_ID = 200
+SCOPE_MARK = "freezewatch.unit"
+"""Scope key set by the outermost middleware: an inner one (the app's own, under
+``freezewatch run``'s) does not count the request twice."""
 
 
 def _route_namer(scope: Scope, method: str) -> Callable[[], str | None]:
@@ -86,6 +89,10 @@ class FreezewatchMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http" or kind == "websocket":
+            if scope.get(SCOPE_MARK):  # an outer FreezewatchMiddleware has this request
+                await self.app(scope, receive, send)
+                return
+            scope[SCOPE_MARK] = True
             if asyncio.get_running_loop() not in self._tried:
                 self._install()  # no lifespan (or it failed): install on first use
             method = scope.get("method", "WS")
