@@ -1,0 +1,175 @@
+"""The pieces behind multi-worker support, in one process: a taken port, install()
+again with other settings, retention shared by workers, helper processes, the
+other workers' health read from the multiprocess directory."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+import freezewatch
+from freezewatch import _autostart, _state
+from freezewatch._events import FreezeEvent
+from freezewatch._sinks import dumpfile, retention
+from freezewatch._sinks import workers as _workers
+from freezewatch._sinks.log import EventSink
+
+pytestmark = pytest.mark.timeout(30)
+FAST = {"threshold": 0.3, "interval": 0.05, "native": False, "sentinel": False}
+
+
+def test_taken_port_is_logged_counted_and_watched(dump_dir: Path, events: Any) -> None:
+    """A metrics port held by someone else: no ValueError; the loop is watched, one
+    metrics_server_skipped event, the skip counted."""
+    reg = CollectorRegistry()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        async def main() -> freezewatch.LoopWatch:
+            w = freezewatch.install(dump_dir=str(dump_dir), metrics_port=port, registry=reg,
+                                    **FAST)
+            await asyncio.sleep(0.1)
+            time.sleep(0.6)
+            await asyncio.sleep(0.2)
+            return w
+
+        w = asyncio.run(main())
+    assert w.freezes == 1 and len(w.dumps) == 1
+    (ev,) = events.named("metrics_server_skipped")
+    assert f"127.0.0.1:{port} is taken" in ev["reason"] and ev["log_level"] == "warning"
+    assert _state.metrics_server is None
+    text = generate_latest(reg).decode()
+    assert "freezewatch_metrics_server_skipped_total 1.0" in text
+
+
+def test_install_again_with_other_settings_warns_once(dump_dir: Path, events: Any) -> None:
+    """install() for a watched loop returns the first handle; differing explicit
+    settings give one install_ignored warning naming each; same or none: silent."""
+
+    async def main() -> tuple[Any, ...]:
+        first = freezewatch.install(dump_dir=str(dump_dir), **FAST)
+        same = freezewatch.install(threshold=0.3)
+        bare = freezewatch.install()
+        other = freezewatch.install(threshold=0.5, interval=0.05, stall_after=7.0)
+        return first, same, bare, other
+
+    first, same, bare, other = asyncio.run(main())
+    assert first is same is bare is other
+    assert first.config.threshold == 0.3
+    freezewatch.uninstall()
+    (ev,) = events.named("install_ignored")
+    assert ev["log_level"] == "warning"
+    assert "threshold=0.5 ignored (threshold=0.3 in force)" in ev["reason"]
+    assert "stall_after=7.0 ignored (stall_after=30.0 in force)" in ev["reason"]
+    assert "interval" not in ev["reason"]  # the same value: not ignored
+
+
+def test_retention_keeps_a_freeze_still_going_on(tmp_path: Path) -> None:
+    """Shared directory: a worker's retention never removes another live worker's
+    open freeze (no duration yet); a dead worker's, or an ended one, go first."""
+    d = tmp_path / "dumps"
+    d.mkdir(mode=0o700)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    dead = 2**22 + 17
+    try:
+        def doc(pid: int, **more: Any) -> dict[str, Any]:
+            return {"schema": "freezewatch/1", "kind": "freeze", "pid": pid, "detected_at": 0.0,
+                    "blocked_for": 1.0, "threshold": 0.5, "loop": {"name": "x"}, **more}
+
+        dumpfile.write_dump(str(d), f"freeze-20250101T000001Z-{live.pid}-0001",
+                            doc(live.pid), 100, 10**7)  # open: no duration
+        dumpfile.write_dump(str(d), f"freeze-20250101T000002Z-{dead}-0001", doc(dead), 100,
+                            10**7)  # its process is gone
+        dumpfile.write_dump(str(d), f"freeze-20250101T000003Z-{live.pid}-0002",
+                            doc(live.pid, duration=2.0), 100, 10**7)  # ended
+        dumpfile.write_dump(str(d), f"stall-20250101T000004Z-{live.pid}-0003",
+                            doc(live.pid) | {"kind": "stall"}, 100, 10**7)
+        removed = retention.enforce(str(d), 1, 10**7)
+        assert removed == [f"freeze-20250101T000002Z-{dead}-0001",
+                           f"freeze-20250101T000003Z-{live.pid}-0002",
+                           f"stall-20250101T000004Z-{live.pid}-0003"]
+        assert [p.name for p in d.glob("*.json")] == [
+            f"freeze-20250101T000001Z-{live.pid}-0001.json"]
+    finally:
+        live.kill()
+        live.wait()
+    # Its process is gone: nothing will complete it, it is an old dump like any other.
+    assert retention.enforce(str(d), 0, 10**7) == [f"freeze-20250101T000001Z-{live.pid}-0001"]
+
+
+def test_multiprocessing_helpers_are_never_watched() -> None:
+    """The resource tracker and the fork server: no autostart; spawned workers: yes."""
+    tracker = [sys.executable, "-c", "from multiprocessing.resource_tracker import main;main(5)"]
+    worker = [sys.executable, "-c", "from multiprocessing.spawn import spawn_main; "
+              "spawn_main(tracker_fd=5, pipe_handle=7)", "--multiprocessing-fork"]
+    assert _autostart.is_helper(tracker)
+    assert _autostart.is_helper([sys.executable, "-c",
+                                 "from multiprocessing.forkserver import main; main(1, 2)"])
+    assert not _autostart.is_helper(worker)
+    assert not _autostart.is_helper([sys.executable, "app.py"])
+
+
+def test_events_thread_survives_a_closed_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that closed stderr (a helper): events are dropped, no traceback."""
+    err = io.StringIO()
+    err.close()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setattr(logging.getLogger("freezewatch"), "hasHandlers", lambda: False)
+    seen: list[BaseException] = []
+    monkeypatch.setattr("threading.excepthook", lambda args: seen.append(args.exc_value))
+    sink = EventSink()
+    sink.emit(FreezeEvent("metrics_server_skipped", "*", 0.0, reason="x"))
+    assert sink.flush(5.0)
+    assert sink.failures == 1 and seen == []
+    sink.stop()
+
+
+def test_other_workers_read_from_the_multiprocess_dir(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another live worker's loops come from its live-gauge files, per pid; one
+    whose heartbeat went silent past liveness_limit counts as blocked; dead pids
+    are ignored."""
+    from prometheus_client import Gauge
+    from prometheus_client.values import MultiProcessValue
+
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(mp))
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        now = time.time()
+        for pid, blocked, beat in ((live.pid, 12.5, now), (2**22 + 17, 50.0, now)):
+            monkeypatch.setattr("prometheus_client.values.ValueClass",
+                                MultiProcessValue(lambda pid=pid: pid))  # type: ignore[misc]
+            reg = CollectorRegistry()
+            b = Gauge("freezewatch_loop_blocked_seconds", "h", ["loop"], registry=reg,
+                      multiprocess_mode="livemax")
+            h = Gauge("freezewatch_loop_last_heartbeat_timestamp_seconds", "h", ["loop"],
+                      registry=reg, multiprocess_mode="livemin")
+            b.labels("MainThread").set(blocked)
+            h.labels("MainThread").set(beat)
+            h.labels("bg").set(now - 100)  # a loop whose watchdog went quiet
+        entries = _workers.other_workers(liveness_limit=10.0, idle_beat_every=2.0)
+    finally:
+        live.kill()
+        live.wait()
+    by_loop = {e["loop"]: e for e in entries}
+    assert {e["pid"] for e in entries} == {live.pid}
+    assert by_loop["MainThread"]["blocked_seconds"] == 12.5
+    assert by_loop["bg"]["blocked_seconds"] >= 99
+    json.dumps(entries)
+    assert os.getpid() not in {e["pid"] for e in entries}
