@@ -18,7 +18,7 @@ from ._handle import LoopWatch
 from ._sinks import metrics as _metrics
 from ._sinks.log import events
 from ._sinks.sdnotify import Notifier
-from ._sinks.serve import MetricsServer
+from ._sinks.serve import MetricsServer, Standby
 from ._snapshot import gcwatch
 from ._watchdog import Watchdog
 
@@ -120,6 +120,10 @@ def _ensure_server(config: Config) -> None:
                 f"metrics_port {config.metrics_port} on {config.metrics_addr}: this process "
                 f"already serves metrics on {srv.addr}:{srv.port} (one server per process)")
         return
+    standby = _state.metrics_standby
+    if standby is not None and standby.is_alive() and (standby.addr, standby.port) == (
+            config.metrics_addr, config.metrics_port):
+        return  # found taken already; its standby keeps trying
     try:
         _state.metrics_server = MetricsServer(config.metrics_addr, config.metrics_port,
                                               config.registry)
@@ -148,6 +152,23 @@ def _server_skipped(config: Config) -> None:
                f"servers (docs/metrics.md)")
     events.emit(FreezeEvent("metrics_server_skipped", config.name or "*", 0.0, reason=why),
                 (), "warning" if not _metrics.multiprocess_dir() else "info")
+    standby = _state.metrics_standby
+    if standby is None or not standby.is_alive():
+        _state.metrics_standby = Standby(config.metrics_addr, config.metrics_port,
+                                         config.registry, _took_over)
+
+
+def _took_over(srv: MetricsServer) -> bool:
+    """The standby bound the port (its holder is gone): this process serves now."""
+    with _state.lock:
+        if _state.watchdog is None or _state.metrics_standby is None:
+            return False  # uninstalled meanwhile
+        _state.metrics_standby = None
+        _state.metrics_server = srv
+    events.emit(FreezeEvent("metrics_server_started", "*", 0.0,
+                            reason=f"{srv.addr}:{srv.port} was free again: serving here"),
+                (), "info")
+    return True
 
 
 def _running_here(loop: asyncio.AbstractEventLoop) -> bool:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_for
 from prometheus_client import CollectorRegistry, generate_latest
 
 import freezewatch
@@ -173,3 +174,40 @@ def test_other_workers_read_from_the_multiprocess_dir(
     assert by_loop["bg"]["blocked_seconds"] >= 99
     json.dumps(entries)
     assert os.getpid() not in {e["pid"] for e in entries}
+
+
+def test_standby_takes_the_port_over_when_its_holder_exits(
+        dump_dir: Path, events: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker holding metrics_port exits (a restart): a worker that found it
+    taken binds it within a retry period and serves from then on."""
+    from metrics_support import get
+
+    from freezewatch._sinks.serve import Standby
+
+    monkeypatch.setattr(Standby, "RETRY", 0.2)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+
+    async def main() -> None:
+        freezewatch.install(dump_dir=str(dump_dir), metrics_port=port, **FAST)
+        freezewatch.install(dump_dir=str(dump_dir), metrics_port=port, **FAST)  # same handle
+        await asyncio.sleep(0.5)
+        assert _state.metrics_server is None and _state.metrics_standby.is_alive()
+        taken.close()  # the holder is gone
+        await asyncio.sleep(0.1)
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: wait_for(lambda: _state.metrics_server is not None, timeout=5))
+        status, body = await asyncio.get_running_loop().run_in_executor(
+            None, get, f"http://127.0.0.1:{port}/healthz")
+        assert status == 200 and json.loads(body)["pid"] == os.getpid()
+
+    try:
+        asyncio.run(main())
+    finally:
+        taken.close()
+    assert len(events.named("metrics_server_skipped")) == 1
+    events.wait("metrics_server_started")
+    freezewatch.uninstall()
+    assert _state.metrics_server is None and _state.metrics_standby is None
