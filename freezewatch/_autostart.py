@@ -48,9 +48,9 @@ def start() -> None:
     if _install() and hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_install)
     try:
-        from . import _autoasgi
+        from . import _autoname
 
-        _autoasgi.enable()  # requests named under uvicorn (and gunicorn's UvicornWorker)
+        _autoname.enable()  # requests named under uvicorn (gunicorn's UvicornWorker), aiohttp
     except Exception as e:  # boundary: never the application's start
         print(f"freezewatch: requests not named in pid {os.getpid()}: {e}", file=sys.stderr)
 

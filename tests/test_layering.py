@@ -45,7 +45,7 @@ LAYERS: list[set[str]] = [
     # 8: install/uninstall
     {"_install", "otel", "sentry"},
     # 9: the public surface and the tools built on it
-    {"__init__", "__main__", "_autostart", "_autoasgi", "_runcmd", "_boot.sitecustomize",
+    {"__init__", "__main__", "_autostart", "_autoname", "_runcmd", "_boot.sitecustomize",
      "aiohttp", "asgi", "pytest_plugin", "cli", "_cli_report", "_report_html"},
 ]
 

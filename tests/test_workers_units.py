@@ -211,3 +211,61 @@ def test_standby_takes_the_port_over_when_its_holder_exits(
     events.wait("metrics_server_started")
     freezewatch.uninstall()
     assert _state.metrics_server is None and _state.metrics_standby is None
+
+
+AIOHTTP_APP = '''
+import os, sys, time
+from aiohttp import web
+
+async def freeze(request):
+    time.sleep(0.8)  # <- AIOFREEZE
+    return web.Response(text=str(os.getpid()))
+
+async def ping(request):
+    return web.Response(text="pong")
+
+app = web.Application()
+app.router.add_get("/freeze/{n}", freeze)
+app.router.add_get("/ping", ping)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
+'''
+
+
+def test_zero_code_names_aiohttp_requests(tmp_path: Path) -> None:
+    """freezewatch run -- python app.py (aiohttp, untouched): the dump names the
+    request by its route, as freezewatch.aiohttp.setup(app) in code would."""
+    from conftest import assert_contract, tagged_line
+    from metrics_support import free_port, get
+
+    app = tmp_path / "aio_app.py"
+    app.write_text(AIOHTTP_APP)
+    dumps = tmp_path / "dumps"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FREEZEWATCH_")}
+    env.update(FREEZEWATCH_NATIVE="0", FREEZEWATCH_SENTINEL="0", FREEZEWATCH_INTERVAL="0.05")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "freezewatch"), "run", "--threshold", "0.3",
+         "--dump-dir", str(dumps), "--", sys.executable, str(app), str(port)],
+        env=env, cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        def up() -> bool:
+            try:
+                return get(f"http://127.0.0.1:{port}/ping", timeout=1)[0] == 200
+            except OSError:
+                assert proc.poll() is None, proc.communicate()[1]
+                return False
+
+        wait_for(up, timeout=20, every=0.1)
+        assert get(f"http://127.0.0.1:{port}/freeze/7", timeout=10)[0] == 200
+        line = tagged_line(app, "AIOFREEZE")
+        path = wait_for(lambda: [p for p in sorted(dumps.glob("freeze-*.json"))
+                                 if json.loads(p.read_text())["blocking_frame"]["line"] == line],
+                        timeout=10)[0]
+    finally:
+        proc.terminate()
+        err = proc.communicate(timeout=10)[1]
+    doc = assert_contract(path)
+    assert doc["blocking_frame"]["file"] == str(app)
+    assert [u["name"] for u in doc["inflight"]] == ["GET /freeze/{n}"], (doc["inflight"], err)
+    assert "Traceback" not in err, err

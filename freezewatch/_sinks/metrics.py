@@ -67,6 +67,9 @@ class _Family:
     stalls: Counter
     worker_blocked: Gauge
     server_skipped: Counter
+    pid_label: bool
+    """``worker_blocked`` has our own ``pid`` label (created single-process);
+    in multiprocess mode prometheus-client adds it."""
 
 
 @dataclass
@@ -156,6 +159,7 @@ def family(registry: CollectorRegistry | None = None) -> _Family:
                                    "Processes that found metrics_port taken and serve no "
                                    "metrics themselves (another worker does).",
                                    registry=reg),
+            pid_label=not multiprocess_dir(),
         )
         _families[reg] = fam
         return fam
@@ -199,7 +203,7 @@ def bind(w: Any) -> _Bound:
 
 
 def _worker_child(fam: _Family, name: str) -> Any:
-    if multiprocess_dir():
+    if not fam.pid_label:
         return fam.worker_blocked.labels(name)
     return fam.worker_blocked.labels(name, str(os.getpid()))
 
@@ -221,7 +225,7 @@ def _remove_gauges(b: _Bound) -> None:
         with contextlib.suppress(KeyError):  # never had a value
             g.remove(b.name)
     with contextlib.suppress(KeyError, ValueError):
-        if b.multiprocess:
+        if not b.family.pid_label:
             b.family.worker_blocked.remove(b.name)
         else:
             b.family.worker_blocked.remove(b.name, str(os.getpid()))
