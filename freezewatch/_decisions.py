@@ -44,6 +44,8 @@ class Observation:
     """The loop waits in its selector (its heartbeat may be skipped)."""
     has_units: bool = False
     """Units of work are in flight on the loop."""
+    last_ran: float | None = None
+    """When the loop last left its selector, i.e. last ran (None: no selector wrapper)."""
     # Details, observed only when ``needs_details`` says a decision may be due:
     run_delay: float | None = None
     """Cumulative seconds the loop thread waited for a CPU (None: unknown)."""

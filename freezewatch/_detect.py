@@ -102,12 +102,7 @@ def step(st: LoopState, obs: Observation) -> list[Decision]:
     """One round for one loop: update ``st`` and say what to do, in order."""
     out: list[Decision] = []
     if obs.closed:
-        fr = st.freeze
-        st.freeze = None
-        if fr is not None:
-            out.append(Ended(fr.id, obs.now - fr.start, "loop closed"))
-        out.append(Gone())
-        return out
+        return [*finish(st, obs, "loop closed"), Gone()]
     late = False  # a late beat was reported: this round's silence is that freeze
     if st.pending and obs.answered_seq == st.sent_seq:
         st.pending = False
@@ -115,7 +110,8 @@ def step(st: LoopState, obs: Observation) -> list[Decision]:
             lag = max(0.0, obs.answered_at - max(st.sent_at, obs.allow_exit_at))
             out.append(Lag(lag))
             if st.freeze is not None:
-                out.append(_end(st, lag))
+                # From when the loop last ran to when it ran the beat.
+                out.append(_end(st, max(0.0, obs.answered_at - st.freeze.start)))
             elif lag >= st.threshold and obs.allow_depth == 0:
                 starved = _starved(st, obs, lag)
                 if starved is not None:
@@ -148,6 +144,20 @@ def step(st: LoopState, obs: Observation) -> list[Decision]:
     return out
 
 
+def finish(st: LoopState, obs: Observation, reason: str = "watching stopped") -> list[Decision]:
+    """The loop closed, or watching stops (uninstall, exit), with a freeze open:
+    end it now. If the loop ran the beat meanwhile (a freeze that ended just
+    before ``asyncio.run()`` returned), that is its end; else it lasted until now."""
+    fr = st.freeze
+    if fr is None:
+        return []
+    st.freeze = None
+    if st.pending and obs.answered_seq == st.sent_seq:
+        st.pending = False
+        return [Ended(fr.id, max(0.0, obs.answered_at - fr.start))]
+    return [Ended(fr.id, max(0.0, obs.now - fr.start), reason)]
+
+
 def _pending(st: LoopState, obs: Observation) -> list[Decision]:
     now = obs.now
     if not obs.running:
@@ -176,7 +186,11 @@ def _pending(st: LoopState, obs: Observation) -> list[Decision]:
         st.ignored_seq = st.sent_seq
         return [Ignored(age, "loop thread stopped in a debugger")]
     st.freeze_ids += 1
-    start = max(st.sent_at, obs.allow_exit_at)
+    # Frozen since the loop last ran: its last selector return (the beat may
+    # have gone out up to an interval after the block began), else the send;
+    # never before an allow_blocking() block ended.
+    ran = obs.last_ran
+    start = max(ran if ran is not None and ran <= now else st.sent_at, obs.allow_exit_at)
     st.freeze = Freeze(st.freeze_ids, start, next_update(st.update_after, start, 0))
     st.freezes += 1
     return [Declared(st.freeze_ids, start, age)]

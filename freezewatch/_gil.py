@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +26,7 @@ from ._events import FreezeEvent
 from ._faulthandler import SIGNAL, Capture, SignalDump
 from ._sentinel import Sentinel
 from ._sinks.log import events
+from ._snapshot.cpu import native_id_of
 from ._snapshot.frames import app_frame, source_line
 from ._snapshot.model import Frame, Native, Snapshot, TaskGroup
 from ._snapshot.native import capture_native, find_pyspy, native_from_output
@@ -102,9 +102,8 @@ class GilLayers:
         if idents == self._idents:
             return
         self._idents = idents
-        native = {t.ident: t.native_id for t in threading.enumerate()}
         pairs = tuple((i, n) for i in dict.fromkeys(idents)
-                      if i is not None and (n := native.get(i)) is not None)
+                      if i is not None and (n := native_id_of(i)) is not None)
         self.sentinel.set_loops(pairs)
 
     def sentinel_native(self, since: float, sentinel_on: bool, threshold: float) -> Native:

@@ -30,7 +30,7 @@ from ._rundelay import RunDelay
 from ._selector import IdleState
 from ._sinks.log import Hook, events
 from ._sinks.report import Report
-from ._snapshot.cpu import CpuSample
+from ._snapshot.cpu import CpuSample, native_id_of
 from ._snapshot.model import LoopInfo
 from ._snapshot.native import find_pyspy
 from ._snapshot.threads import thread_name
@@ -57,6 +57,7 @@ class LoopWatch:
         self.inflight: dict[int, Unit] = {}
         self.dumps: list[str] = []
         self.dump_failures = 0
+        self.last_dump_error: str | None = None
         self.closed = False
         self.install_thread = install_thread
         self.caller_thread = threading.get_ident()  # install() builds the handle
@@ -70,6 +71,7 @@ class LoopWatch:
         self.idle_code: types.CodeType | None = None
         self.idle_line = -1
         self._learned = False
+        self._learned_on: int | None = None
         self._beat_cb = self._beat  # bound once: no allocation per beat
         # Observation resources (watchdog thread only).
         self.idle: IdleState | None = None  # the selector wrapper's state, once attached
@@ -153,8 +155,7 @@ class LoopWatch:
         if tid != self.rd_tid:
             self.close_run_delay()
             self.rd_tid = tid
-            native = next((t.native_id for t in threading.enumerate() if t.ident == tid), None)
-            self.rd = RunDelay.of_thread(native)
+            self.rd = RunDelay.of_thread(native_id_of(tid))
         return self.rd.read() if self.rd is not None else None
 
     def close_run_delay(self) -> None:
@@ -198,8 +199,12 @@ class LoopWatch:
         # with its time.
         self._answered_at = time.monotonic()
         self._answered_seq = seq
-        self._thread_id = threading.get_ident()
-        if not self._learned:
+        tid = self._thread_id = threading.get_ident()
+        if not self._learned or tid != self._learned_on:
+            self._learned_on = tid
+            # The kernel's id of this thread, said by the thread itself:
+            # threading's record is stale after a fork (kernel view, signals).
+            _state.native_ids[tid] = threading.get_native_id()
             self._learn_idle_frame()
 
     def _learn_idle_frame(self) -> None:

@@ -46,6 +46,7 @@ def observe(w: LoopWatch, now: float, tops: dict[int, types.FrameType],
         allow_depth=w.allow_depth, allow_exit_at=w.allow_exit_at,
         watchdog_silent=watchdog_silent, gil=gil_seen(w, cap),
         idle=is_idle(w, tops), has_units=bool(w.inflight),
+        last_ran=w.idle.left_at if w.idle is not None and w.idle.left_at else None,
     )
 
 

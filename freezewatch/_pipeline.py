@@ -81,16 +81,17 @@ def emit(w: LoopWatch | None, event: FreezeEvent, level: str = "warning",
 
 
 def _write(w: LoopWatch, doc: dict[str, Any], signature: str | None) -> str | None:
-    """A new dump pair; its .json path, None on failure. A written dump starts the
-    rate-limit window of ``signature``; a failed one does not, so the next freeze
-    at that frame is dumped once the directory is writable again."""
+    """A new dump pair; its .json path, None on failure (then ``w.last_dump_error``
+    says why). A written dump starts the rate-limit window of ``signature``; a
+    failed one does not, so the next freeze at that frame is dumped once the
+    directory is writable again."""
     cfg = w.config
     try:
         name = dump_name(doc["kind"], doc["detected_at"], next(_state.dump_seq))
         path = write_dump(cfg.dump_dir, name, doc, cfg.max_dumps, cfg.max_dump_bytes,
                           redact=cfg.redact)
     except Exception as e:  # boundary: the dump-file sink (full disk, directory gone, ...)
-        _failed(w, doc, e)
+        w.last_dump_error = _failed(w, doc, e)
         return None
     if signature is not None:
         _state.last_dump_by_signature[signature] = time.monotonic()
@@ -113,12 +114,13 @@ def _rewrite(w: LoopWatch, rec: Record) -> None:
         _failed(w, doc, e)
 
 
-def _failed(w: LoopWatch, doc: dict[str, Any], e: Exception) -> None:
+def _failed(w: LoopWatch, doc: dict[str, Any], e: Exception) -> str:
     w.dump_failures += 1
     _metrics.dump_failed(w)
-    emit(w, FreezeEvent("dump_failed", w.name, doc.get("blocked_for", 0.0),
-                        reason=_redact.apply(w.config.redact, f"{type(e).__name__}: {e}")),
+    reason = _redact.apply(w.config.redact, f"{type(e).__name__}: {e}")
+    emit(w, FreezeEvent("dump_failed", w.name, doc.get("blocked_for", 0.0), reason=reason),
          "error")
+    return reason
 
 
 def _limited(signature: str, window: float) -> bool:
@@ -191,7 +193,9 @@ class Pipeline:
                       f"{cfg.dump_rate_window:g} s")
         else:
             path = _write(w, doc, sig)
-            if frames is not None:
+            if path is None:
+                reason = f"dump_failed: {w.last_dump_error}"  # the event says why, not a None
+            elif frames is not None:
                 reason = f"GIL held: stacks captured by {by} during the freeze"
         rec = Record(snap, doc, path, next(_report_ids), sig)
         emit(w, _event("freeze_detected", w, snap, snap.blocked_for, path, reason),
@@ -207,6 +211,10 @@ class Pipeline:
                                                 cfg.sentinel, cfg.threshold)
         elif cfg.native:
             rec.native = _gil.live_native(w.pyspy, cfg.native_timeout)
+        if cfg.native and rec.native is None:
+            # Never leave "still running (this file is rewritten)" for good.
+            rec.native = Native(False, error="no native trace: the sentinel is not running",
+                                source="sentinel")
         if rec.native is not None:
             _rewrite(w, rec)
         return rec
@@ -228,8 +236,9 @@ class Pipeline:
         upd = Record(snap, doc, path, rec.report_id if rec else 0, bf.where)
         if rec is not None:
             rec.signature = bf.where  # "moved" compares with the latest dump
+        why = "blocking frame moved" if moved else "blocking frame unchanged"
         emit(w, _event("freeze_updated", w, snap, d.age, path,
-                       "blocking frame moved" if moved else "blocking frame unchanged"),
+                       why if path else f"{why}; dump_failed: {w.last_dump_error}"),
              snap=snap, report_id=upd.report_id)
         if path and w.config.native:
             upd.native = _gil.live_native(w.pyspy, w.config.native_timeout)
@@ -325,6 +334,8 @@ class Pipeline:
             reason = "rate limited"
         else:
             path = _write(w, snap.to_json(), sig)
+            if path is None:
+                reason = f"dump_failed: {w.last_dump_error}"
         emit(w, _event("stall_detected", w, snap, age, path,
                        reason or f"{unit.kind} {unit.name!r}"),
              snap=snap, report_id=next(_report_ids))

@@ -34,6 +34,8 @@ def drop(w: Any) -> None:
     wd = _state.watchdog
     if wd is not None:
         wd.watches = tuple(x for x in wd.watches if x is not w)
+        if w.state.freeze is not None:
+            wd.closing.append(w)  # its end is recorded when the thread stops
     loop = w.loop
     if loop is not None and _state.by_loop.get(loop) is w:
         del _state.by_loop[loop]

@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+_monotonic = time.monotonic  # one global lookup on the loop thread's hot path
+
 HANDOFF_MAX = 0.005
 """Longest a saturated loop stands aside for the watchdog per round (the GIL's switch interval)."""
 
@@ -37,12 +39,17 @@ HANDOFF_MAX = 0.005
 class IdleState:
     """Shared by one loop's selector wrapper (loop thread) and its LoopWatch (watchdog)."""
 
-    __slots__ = ("due", "exits", "handoff", "in_select", "parked", "wake", "wakes", "woke_at")
+    __slots__ = ("due", "exits", "handoff", "in_select", "left_at", "parked", "wake", "wakes",
+                 "woke_at")
 
     def __init__(self, wake: Callable[[], None],
                  handoff: threading.Event | None = None) -> None:
         self.in_select = False  # inside select() with a timeout that is not 0
         self.exits = 0  # select() calls completed
+        # When select() last returned (monotonic): the loop ran from then on.
+        # A freeze's duration counts from here, not from the heartbeat's send
+        # (which may come up to one interval after the block began).
+        self.left_at = 0.0
         self.parked = False  # the watchdog sleeps, counting on us to wake it
         self.wake = wake
         self.woke_at = 0.0  # when the loop last woke a parked watchdog (monotonic)
@@ -73,6 +80,7 @@ class WakingSelector:
                 return self._fw_select(timeout)
             finally:
                 st.in_select = False
+                st.left_at = _monotonic()
                 st.exits += 1
                 if st.parked:
                     _woke(st)
@@ -81,6 +89,7 @@ class WakingSelector:
         try:
             return self._fw_select(timeout)
         finally:
+            st.left_at = _monotonic()
             st.exits += 1
             if st.parked:
                 _woke(st)

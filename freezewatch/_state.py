@@ -55,6 +55,10 @@ metric_children: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary
 """Each handle's Prometheus label children (``_sinks.metrics``)."""
 metrics_lock = threading.Lock()
 """Guards the creation of metric families and children (never the loop thread)."""
+native_ids: dict[int, int] = {}
+"""Thread ident -> kernel thread id, as each loop thread told it in its first beat.
+``threading.Thread.native_id`` is stale in a forked child (it keeps the
+parent's id for the forking thread), so the loop thread's own word wins."""
 errors_survived: dict[str, int] = {}
 """Failures caught at a boundary and survived, by where (``metrics``, ``sink``...)."""
 
@@ -103,5 +107,6 @@ def reset() -> None:
     by_loop.clear()
     last_dump_by_signature.clear()
     errors_survived.clear()
+    native_ids.clear()
     metric_children.clear()
     dump_seq = itertools.count(1)

@@ -74,6 +74,8 @@ class Watchdog:
         # Replaced as a whole (copy-on-write) by install/uninstall; the
         # watchdog reads the reference once per round, so it needs no lock.
         self.watches: tuple[LoopWatch, ...] = ()
+        # Handles dropped (uninstall) with a freeze open: ended when the thread stops.
+        self.closing: list[LoopWatch] = []
         self._exits_before: dict[LoopWatch, int] = {}
         self.errors = 0
         self.rounds = 0  # rounds run (tests and benchmarks: parking shows here)
@@ -118,8 +120,23 @@ class Watchdog:
     def _run(self) -> None:
         try:
             self._rounds()
+            self._finish()
         finally:
             self.gil.close()  # cancel our faulthandler handler, let the sentinel go
+
+    def _finish(self) -> None:
+        """Watching stops: every freeze still open gets its end (freeze_ended, the
+        duration in its dump, the metrics), not a dump that looks unfinished."""
+        now = time.monotonic()
+        for w in dict.fromkeys((*self.watches, *self.closing)):
+            try:
+                seq, at = w.answered()
+                obs = _detect.Observation(now=now, answered_seq=seq, answered_at=at)
+                for d in _detect.finish(w.state, obs):
+                    if isinstance(d, _detect.Ended):
+                        self.pipeline.ended(w, d)
+            except Exception as e:  # boundary: one loop's last round
+                self._error(w.name, e)
 
     # -- one loop -------------------------------------------------------------------
     def _tick(self, w: LoopWatch, now: float, tops: dict[int, types.FrameType],

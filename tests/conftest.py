@@ -1,4 +1,11 @@
-"""Shared fixtures: global state reset, a dump directory, captured structlog events."""
+"""Shared fixtures (global state reset, a dump directory, captured structlog events)
+and the one way to read dumps: ``dumps()``, ``only_dump()``, ``assert_contract()``.
+
+Lines a dump should name are marked ``# pin: NAME`` and found with
+``core_support.pin(path, NAME)``, in a test's own file or in a script it writes.
+freezewatch's process-global state is reset after every test by the autouse
+fixture below (``_state.reset()``, the documented reset); no test does it by hand.
+"""
 
 from __future__ import annotations
 
@@ -59,21 +66,19 @@ def wait_for(pred: Callable[[], Any], timeout: float = 10.0, every: float = 0.02
         time.sleep(every)
 
 
-def line_of(file: str, marker: str) -> int:
-    """The line of ``file`` that carries ``marker`` (a comment at the line under test)."""
-    lines = Path(file).read_text().splitlines()
-    (hit,) = [i for i, text in enumerate(lines, 1) if text.rstrip().endswith(marker)]
-    return hit
+def dumps(dump_dir: Path, *, kind: str = "freeze") -> list[Path]:
+    """The ``<kind>-*.json`` dumps in ``dump_dir``, oldest (lowest sequence number)
+    first; none if the directory does not exist. ``kind="*"`` is every kind."""
+    found = dump_dir.glob(f"{kind}-*.json") if dump_dir.exists() else []
+    return sorted(found, key=lambda p: (int(p.stem.rsplit("-", 1)[1]), p.name))
 
 
-def tagged_line(path: str | Path, tag: str) -> int:
-    """The line of ``path`` tagged with the comment ``# <- tag``."""
-    return line_of(str(path), f"# <- {tag}")
-
-
-def dumps(dump_dir: Path, prefix: str = "") -> list[Path]:
-    """The .json dumps in ``dump_dir`` (none if it does not exist), sorted by name."""
-    return sorted(dump_dir.glob(f"{prefix}*.json")) if dump_dir.exists() else []
+def only_dump(dump_dir: Path, *, kind: str = "freeze") -> dict[str, Any]:
+    """The JSON document of the one ``kind`` dump in ``dump_dir`` (checked against
+    the contract); fails if there is not exactly one."""
+    found = dumps(dump_dir, kind=kind)
+    assert len(found) == 1, f"expected one {kind} dump in {dump_dir}: {[p.name for p in found]}"
+    return assert_contract(found[0])
 
 
 @pytest.fixture(autouse=True)

@@ -1,14 +1,16 @@
-"""Helpers shared by the tests/test_core_*.py files: loop factories, pinned lines, dumps.
+"""Helpers shared by the tests: loop factories, settings, and pinned lines.
 
-A test marks the line it expects a dump to pin with a trailing ``# pin: NAME``
-comment; ``pin(__file__, NAME)`` finds that line in the test's own source, so
-the expected file, line and code come from the file itself, never typed twice.
+The one line-marker convention: a test marks the line it expects a dump to name
+with a trailing ``# pin: NAME`` comment, and ``pin(path, NAME)`` finds that line,
+in the test's own source (``pin(__file__, NAME)``) or in a script the test writes
+and runs (``pin(script_path, NAME)``), so the expected file, line and code come
+from the file itself, never typed twice. Reading dumps: ``conftest.dumps()`` and
+``conftest.only_dump()``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import threading
 import time
@@ -18,6 +20,7 @@ from typing import Any, NamedTuple
 
 import pytest
 import uvloop
+from conftest import dumps
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
@@ -37,13 +40,13 @@ class Pin(NamedTuple):
     code: str
 
 
-def pin(path: str, name: str) -> Pin:
+def pin(path: str | Path, name: str) -> Pin:
     """The one line of ``path`` carrying the comment ``# pin: name``."""
     mark = re.compile(rf"# pin: {re.escape(name)}(?=\s|$)")
     lines = Path(path).read_text().splitlines()
     hits = [i for i, text in enumerate(lines, 1) if mark.search(text)]
     assert len(hits) == 1, f"'# pin: {name}' found {len(hits)} times in {path}"
-    return Pin(path, hits[0], lines[hits[0] - 1].strip())
+    return Pin(str(path), hits[0], lines[hits[0] - 1].strip())
 
 
 def assert_frame_is(frame: dict[str, Any] | None, expected: Pin) -> None:
@@ -60,15 +63,6 @@ def run_loop(factory: LoopFactory, main: Callable[[], Coroutine[Any, Any, Any]])
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
-
-
-def dumps(dump_dir: Path, kind: str = "freeze") -> list[Path]:
-    """The .json dumps with that prefix, oldest (lowest sequence) first."""
-    return sorted(dump_dir.glob(f"{kind}-*.json"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
-
-
-def load(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())  # type: ignore[no-any-return]
 
 
 def release_when_dumped(dump_dir: Path, release: Callable[[], object], count: int = 1,

@@ -2,7 +2,7 @@
 
 Each program below is run under ``freezewatch run`` (as an operator runs a
 service) and freezes or stalls for real; the lines the page must show carry
-a trailing ``# <- tag`` comment, found with ``conftest.tagged_line``.
+a trailing ``# pin: NAME`` comment, found with ``core_support.pin``.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ lock = threading.Lock()
 
 
 def fetch(seconds):
-    time.sleep(seconds)  # <- fetch
+    time.sleep(seconds)  # pin: fetch
 
 
 def crunch(seconds):
     end = time.perf_counter() + seconds
-    while time.perf_counter() < end:  # <- crunch
+    while time.perf_counter() < end:  # pin: crunch
         pass
 
 
@@ -48,13 +48,13 @@ async def main():
     await asyncio.sleep(0.4)
     fetch(0.8)
     await asyncio.sleep(0.4)
-    time.sleep(0.6)  # <- parse
+    time.sleep(0.6)  # pin: parse
     await asyncio.sleep(0.4)
     crunch(0.7)
     await asyncio.sleep(0.4)
     threading.Thread(target=hold, args=(0.9,), name="holder").start()
     await asyncio.sleep(0.05)
-    with lock:  # <- lock
+    with lock:  # pin: lock
         pass
     await asyncio.sleep(0.4)
 
@@ -71,7 +71,7 @@ import freezewatch  # installed by `freezewatch run`; this script only marks a u
 async def main():
     await asyncio.sleep(0.3)  # the watchdog attaches to this loop meanwhile
     async with freezewatch.watch("reconcile", stall_after=0.3):
-        await asyncio.sleep(1.0)  # <- stall
+        await asyncio.sleep(1.0)  # pin: stall
 
 
 asyncio.run(main())
@@ -108,7 +108,7 @@ def subject(target=1.5):
 async def main():
     text = subject()
     await asyncio.sleep(0.8)  # the sentinel is up
-    EVIL.match(text)  # <- regex
+    EVIL.match(text)  # pin: regex
     await asyncio.sleep(0.6)
 
 
@@ -122,7 +122,7 @@ import time
 
 async def main():
     await asyncio.sleep(0.3)
-    time.sleep(60)  # the test kills the process mid-freeze  # <- forever
+    time.sleep(60)  # the test kills the process mid-freeze  # pin: forever
 
 
 asyncio.run(main())
@@ -138,7 +138,7 @@ XSS = {XSS!r}
 
 
 def handler():
-    time.sleep(0.8)  # <- xss
+    time.sleep(0.8)  # pin: xss
 
 
 # A function whose name is markup: the page must show it as text.

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, assert_contract, tagged_line
+from conftest import ROOT, assert_contract
+from core_support import pin
 from html_support import (
     CHROMEDRIVER,
     CHROMIUM,
@@ -75,7 +76,7 @@ class Dumps:
         self.xss_docs = {p.name: assert_contract(p) for p in sorted(self.xss.glob("*.json"))}
 
     def line(self, script: str, tag: str) -> int:
-        return tagged_line(self.scripts[script], tag)
+        return pin(self.scripts[script], tag).line
 
     def at(self, script: str, tag: str) -> list[dict[str, Any]]:
         """The dumps whose blocking frame is the line tagged ``tag`` in ``script``."""
@@ -221,7 +222,7 @@ def test_expanding_a_signature_shows_its_source_line(
     assert stall.get_attribute("open") is not None
     shown = [s.text for s in sources if s.is_displayed()]
     # The stdlib line it waited at, and the application's own line that led there.
-    assert "await asyncio.sleep(1.0)  # <- stall" in shown, shown
+    assert "await asyncio.sleep(1.0)  # pin: stall" in shown, shown
     text = stall.find_element(By.CSS_SELECTOR, ".detail").text
     (doc,) = [d for d in dumps.docs.values() if d["kind"] == "stall"]
     assert "reconcile" in text  # in flight
@@ -232,7 +233,7 @@ def test_expanding_a_signature_shows_its_source_line(
     gil = next(r for r in _rows(chrome) if f"gil.py:{dumps.line('gil', 'regex')}" in r.text)
     gil.find_element(By.TAG_NAME, "summary").click()
     text = gil.find_element(By.CSS_SELECTOR, ".detail").text
-    assert "EVIL.match(text)  # <- regex" in text
+    assert "EVIL.match(text)  # pin: regex" in text
     assert "GIL held" in text and "held during the freeze" in text
     assert _console_problems(chrome) == []
 

@@ -12,10 +12,10 @@ import sys
 import threading
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import assert_contract, tagged_line, wait_for
+from conftest import dumps, only_dump, wait_for
+from core_support import pin
 
 BIN = Path(sys.executable).parent / "freezewatch"
 PYTHON = sys.executable
@@ -35,7 +35,7 @@ async def main():
     await asyncio.sleep(0.2)
     # Asked while the loop runs: the watchdog thread stops with the last loop.
     WATCHED.append(any(t.name == "freezewatch-watchdog" for t in threading.enumerate()))
-    time.sleep(1.2)  # <- block
+    time.sleep(1.2)  # pin: block
     await asyncio.sleep(0.4)
 
 
@@ -56,7 +56,7 @@ import time
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
-    time.sleep(1.5)  # <- handler
+    time.sleep(1.5)  # pin: handler
     loop_module = type(asyncio.get_running_loop()).__module__
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": loop_module.encode()})
@@ -75,11 +75,6 @@ def _run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
                           text=True, timeout=timeout)
 
 
-def _only_dump(dump_dir: Path) -> dict[str, Any]:
-    (path,) = sorted(dump_dir.glob("freeze-*.json"))
-    return assert_contract(path)
-
-
 @pytest.mark.parametrize("runner", ["asyncio.run(main())", "import uvloop; uvloop.run(main())"],
                          ids=["asyncio", "uvloop"])
 def test_run_script_pinned_without_importing_freezewatch(tmp_path: Path, runner: str) -> None:
@@ -87,15 +82,15 @@ def test_run_script_pinned_without_importing_freezewatch(tmp_path: Path, runner:
     never imports freezewatch and its sys.path is untouched."""
     script = tmp_path / "freezer.py"
     script.write_text(FREEZER.format(runner=runner, exit=0))
-    dumps = tmp_path / "dumps"
-    proc = _run("run", "--threshold", "0.3", "--dump-dir", str(dumps), "--",
+    dump_dir = tmp_path / "dumps"
+    proc = _run("run", "--threshold", "0.3", "--dump-dir", str(dump_dir), "--",
                 PYTHON, str(script))
     assert proc.returncode == 0, proc.stderr
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen == {"imported_freezewatch": True, "boot_on_path": False, "watchdog": True}
-    doc = _only_dump(dumps)
+    doc = only_dump(dump_dir)
     assert doc["blocking_frame"]["file"] == str(script)
-    assert doc["blocking_frame"]["line"] == tagged_line(script, "block")
+    assert doc["blocking_frame"]["line"] == pin(script, "block").line
     assert doc["threshold"] == 0.3
     assert doc["duration"] >= 0.6
 
@@ -108,9 +103,9 @@ def test_run_python_dash_m(tmp_path: Path) -> None:
     proc = _run("run", "--threshold", "0.3", "--dump-dir", "rel-dumps", "--",
                 PYTHON, "-m", "blocker", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    doc = _only_dump(tmp_path / "rel-dumps")
+    doc = only_dump(tmp_path / "rel-dumps")
     assert doc["blocking_frame"]["file"] == str(module)
-    assert doc["blocking_frame"]["line"] == tagged_line(module, "block")
+    assert doc["blocking_frame"]["line"] == pin(module, "block").line
 
 
 def _free_port() -> int:
@@ -125,11 +120,11 @@ def test_run_uvicorn_console_script(tmp_path: Path, loop: str) -> None:
     SIGINT stops uvicorn cleanly through freezewatch (status 0)."""
     app = tmp_path / "app.py"
     app.write_text(UVICORN_APP)
-    dumps = tmp_path / "dumps"
+    dump_dir = tmp_path / "dumps"
     port = _free_port()
     uvicorn = str(Path(sys.executable).parent / "uvicorn")
     proc = subprocess.Popen(
-        [str(BIN), "run", "--threshold", "0.3", "--dump-dir", str(dumps), "--", uvicorn,
+        [str(BIN), "run", "--threshold", "0.3", "--dump-dir", str(dump_dir), "--", uvicorn,
          "app:app", "--host", "127.0.0.1", "--port", str(port), "--loop", loop,
          "--no-access-log"],
         cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -146,7 +141,7 @@ def test_run_uvicorn_console_script(tmp_path: Path, loop: str) -> None:
 
         threading.Thread(target=lambda: wait_for(get, timeout=20, every=0.2),
                          daemon=True).start()
-        wait_for(lambda: list(dumps.glob("freeze-*.json")), timeout=20)
+        wait_for(lambda: dumps(dump_dir), timeout=20)
         wait_for(lambda: bodies, timeout=20)
         proc.send_signal(signal.SIGINT)  # freezewatch exec'd uvicorn: this is uvicorn's pid
         out, _ = proc.communicate(timeout=20)
@@ -155,9 +150,9 @@ def test_run_uvicorn_console_script(tmp_path: Path, loop: str) -> None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, out
-    doc = _only_dump(dumps)
+    doc = only_dump(dump_dir)
     assert doc["blocking_frame"]["file"] == str(app)
-    assert doc["blocking_frame"]["line"] == tagged_line(app, "handler")
+    assert doc["blocking_frame"]["line"] == pin(app, "handler").line
     assert bodies[0].decode().split(".")[0] == loop  # the loop the handler ran on
 
 
@@ -169,7 +164,7 @@ import time
 
 async def work():
     await asyncio.sleep(0.3)
-    time.sleep(1.0)  # <- child
+    time.sleep(1.0)  # pin: child
     await asyncio.sleep(0.4)
 
 
@@ -186,16 +181,15 @@ def test_run_watches_a_forked_child(tmp_path: Path) -> None:
     dumped under its own pid."""
     script = tmp_path / "forker.py"
     script.write_text(FORKER)
-    dumps = tmp_path / "dumps"
-    proc = _run("run", "--threshold", "0.3", "--dump-dir", str(dumps), "--",
+    dump_dir = tmp_path / "dumps"
+    proc = _run("run", "--threshold", "0.3", "--dump-dir", str(dump_dir), "--",
                 PYTHON, str(script))
     assert proc.returncode == 0, proc.stderr
     child, status = proc.stdout.split()[-2:]
     assert status == "0"
-    (path,) = sorted(dumps.glob("freeze-*.json"))
-    doc = assert_contract(path)
+    doc = only_dump(dump_dir)
     assert doc["pid"] == int(child)
-    assert doc["blocking_frame"]["line"] == tagged_line(script, "child")
+    assert doc["blocking_frame"]["line"] == pin(script, "child").line
 
 
 @pytest.mark.parametrize(("code", "status"), [

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_contract, tagged_line
+from conftest import assert_contract
+from conftest import dumps as dump_files
+from core_support import pin
 
 BIN = Path(sys.executable).parent / "freezewatch"
 
@@ -24,7 +26,7 @@ import time
 
 
 def fetch(seconds):
-    time.sleep(seconds)  # <- fetch
+    time.sleep(seconds)  # pin: fetch
 
 
 async def main():
@@ -33,7 +35,7 @@ async def main():
     await asyncio.sleep(0.4)
     fetch(0.7)
     await asyncio.sleep(0.4)
-    time.sleep(0.6)  # <- parse
+    time.sleep(0.6)  # pin: parse
     await asyncio.sleep(0.4)
 
 
@@ -49,7 +51,7 @@ import freezewatch  # installed by `freezewatch run`; this script only marks a u
 async def main():
     await asyncio.sleep(0.3)  # the watchdog attaches to this loop meanwhile
     async with freezewatch.watch("reconcile", stall_after=0.3):
-        await asyncio.sleep(1.0)  # <- stall
+        await asyncio.sleep(1.0)  # pin: stall
 
 
 asyncio.run(main())
@@ -84,10 +86,11 @@ class Dumps:
                  sys.executable, str(script)], env=env, capture_output=True, text=True,
                 timeout=60)
             assert proc.returncode == 0, proc.stderr
-        self.docs = {p.name: assert_contract(p) for p in sorted(self.dir.glob("*.json"))}
+        self.docs = {p.name: assert_contract(p) for p in dump_files(self.dir, kind="*")}
 
     def where(self, script: Path, tag: str, function: str) -> str:
-        return f"{script}:{tagged_line(script, tag)} in {function}"
+        here = pin(script, tag)
+        return f"{here.file}:{here.line} in {function}"
 
     def stall_where(self) -> str:
         (doc,) = [d for d in self.docs.values() if d["kind"] == "stall"]
@@ -156,7 +159,7 @@ def test_show_stall(dumps: Dumps) -> None:
     proc = _cli("show", str(dumps.dir / name))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("STALL: reconcile open for")
-    assert f"{dumps.stall_py}:{tagged_line(dumps.stall_py, 'stall')} in main" in proc.stdout
+    assert dumps.where(dumps.stall_py, 'stall', 'main') in proc.stdout
 
 
 def test_show_errors_are_one_line(dumps: Dumps, tmp_path: Path) -> None:
@@ -218,7 +221,7 @@ def test_report_json(dumps: Dumps) -> None:
     first = doc["groups"][0]
     assert (first["kind"], first["where"], first["count"]) == ("freeze", fetch, 2)
     assert first["total_seconds"] == round(sum(d["duration"] for d in dumps.of(fetch)), 3)
-    assert first["code"] == "time.sleep(seconds)  # <- fetch"
+    assert first["code"] == pin(dumps.freezes_py, "fetch").code
     assert Path(first["example"]).exists()
     assert first["example"].endswith(".json") and first["unfinished"] == 0
     assert first["first_seen"] <= first["last_seen"]

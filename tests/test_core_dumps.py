@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import assert_contract, wait_for
-from core_support import FAST, assert_frame_is, dumps, pin
+from conftest import assert_contract, dumps, only_dump, wait_for
+from core_support import FAST, assert_frame_is, pin
 
 import freezewatch
 
@@ -154,8 +154,7 @@ def test_retention_not_undone_by_duration_rewrite(dump_dir: Path, events: Any) -
 
     asyncio.run(main())
     events.wait("freeze_ended")
-    (only,) = dumps(dump_dir)
-    doc = assert_contract(only)
+    doc = only_dump(dump_dir)
     assert doc["kind"] == "freeze" and doc["duration"] > 1.2
     assert len(list(dump_dir.iterdir())) == 2  # the .json and its .txt, nothing else
 
@@ -203,3 +202,5 @@ def test_dump_dir_unusable_mid_run(dump_dir: Path, events: Any) -> None:
     assert_frame_is(assert_contract(path)["blocking_frame"], pin(__file__, "helper"))
     first, second = events.named("freeze_detected")
     assert "dump_path" not in first and second["dump_path"] == str(path)
+    # The event of the freeze whose dump failed says so, and why (not just no path).
+    assert first["reason"].startswith("dump_failed: ") and "Not a directory" in first["reason"]

@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_contract, wait_for
+from conftest import dumps, only_dump, wait_for
 from core_support import (
     FAST,
     LOOP_FACTORIES,
     LoopFactory,
     assert_frame_is,
-    dumps,
     pin,
     release_when_dumped,
     run_loop,
@@ -25,11 +24,6 @@ from core_support import (
 
 import freezewatch
 from freezewatch._snapshot.model import NATIVE_PENDING
-
-
-def _only_dump(dump_dir: Path) -> dict[str, Any]:
-    (path,) = dumps(dump_dir)
-    return assert_contract(path)
 
 
 @pytest.mark.parametrize("loop_factory", LOOP_FACTORIES)
@@ -44,7 +38,7 @@ def test_time_sleep_pinned(loop_factory: LoopFactory, dump_dir: Path, events: An
 
     run_loop(loop_factory, main)
     ended = events.wait("freeze_ended")
-    doc = _only_dump(dump_dir)
+    doc = only_dump(dump_dir)
     expected = pin(__file__, "sleep")
     assert_frame_is(doc["blocking_frame"], expected)
     assert_frame_is(doc["app_frame"], expected)
@@ -99,7 +93,7 @@ def test_socket_read_pinned(loop_factory: LoopFactory, dump_dir: Path, events: A
         server.join(5)
         srv.close()
     events.wait("freeze_ended")
-    doc = _only_dump(dump_dir)
+    doc = only_dump(dump_dir)
     bf = doc["blocking_frame"]
     assert bf["file"] == socket.__file__
     assert bf["function"].endswith("readinto")
@@ -133,7 +127,7 @@ def test_lock_held_elsewhere_pinned(loop_factory: LoopFactory, dump_dir: Path,
     run_loop(loop_factory, main)
     t.join(5)
     events.wait("freeze_ended")
-    doc = _only_dump(dump_dir)
+    doc = only_dump(dump_dir)
     expected = pin(__file__, "lock")
     assert_frame_is(doc["blocking_frame"], expected)
     assert_frame_is(doc["app_frame"], expected)
@@ -158,7 +152,7 @@ def test_cpu_loop_pinned(loop_factory: LoopFactory, dump_dir: Path, events: Any)
 
     run_loop(loop_factory, main)
     events.wait("freeze_ended")
-    doc = _only_dump(dump_dir)
+    doc = only_dump(dump_dir)
     expected = pin(__file__, "cpu")
     assert_frame_is(doc["blocking_frame"], expected)
     assert_frame_is(doc["app_frame"], expected)
@@ -193,7 +187,7 @@ def test_native_trace_from_pyspy(dump_dir: Path, events: Any) -> None:
 
     asyncio.run(main())
     events.wait("freeze_ended")
-    doc = _only_dump(dump_dir)
+    doc = only_dump(dump_dir)
     assert_frame_is(doc["app_frame"], pin(__file__, "native"))
     native = doc["native"]
     assert isinstance(native["ok"], bool)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_contract, wait_for
-from core_support import FAST, LOOP_FACTORIES, LoopFactory, assert_frame_is, dumps, pin
+from conftest import dumps, only_dump, wait_for
+from core_support import FAST, LOOP_FACTORIES, LoopFactory, assert_frame_is, pin
 
 import freezewatch
 from freezewatch._watchdog import THREAD_NAME
@@ -152,8 +152,7 @@ def test_install_before_asyncio_run(dump_dir: Path, events: Any) -> None:
     loop = asyncio.run(main())
     events.wait("freeze_ended")
     assert w.loop is loop and w.freezes == 1
-    (path,) = dumps(dump_dir)
-    assert_frame_is(assert_contract(path)["blocking_frame"], pin(__file__, "before-loop"))
+    assert_frame_is(only_dump(dump_dir)["blocking_frame"], pin(__file__, "before-loop"))
 
 
 @pytest.mark.parametrize("loop_factory", LOOP_FACTORIES)
@@ -170,8 +169,7 @@ def test_install_before_run_forever(loop_factory: LoopFactory, dump_dir: Path,
         loop.close()
     events.wait("freeze_ended")
     assert w.loop is loop and w.freezes == 1
-    (path,) = dumps(dump_dir)
-    doc = assert_contract(path)
+    doc = only_dump(dump_dir)
     assert_frame_is(doc["blocking_frame"], pin(__file__, "before-loop"))
     assert doc["loop"]["thread_name"] == "MainThread"
 
@@ -216,8 +214,7 @@ def test_loop_in_other_thread(loop_factory: LoopFactory, when: str, dump_dir: Pa
     assert here is not there
     assert (here.freezes, there.freezes) == (0, 1)
     assert {e["loop"] for e in events.named("freeze_detected")} == {"scheduler-loop"}
-    (path,) = dumps(dump_dir)
-    doc = assert_contract(path)
+    doc = only_dump(dump_dir)
     assert doc["loop"]["name"] == doc["loop"]["thread_name"] == "scheduler-loop"
     assert doc["loop"]["thread_id"] == t.ident
     assert_frame_is(doc["app_frame"], pin(__file__, "other-loop"))

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_contract
-from core_support import FAST, LOOP_FACTORIES, LoopFactory, assert_frame_is, dumps, pin, run_loop
+from conftest import assert_contract, dumps
+from core_support import FAST, LOOP_FACTORIES, LoopFactory, assert_frame_is, pin, run_loop
 
 import freezewatch
 

@@ -352,3 +352,19 @@ def test_no_parking_with_a_beat_out_or_a_freeze() -> None:
                                                      (10, 5, True)])
 def test_a_selector_returning_often_is_busy(now: int, before: int | None, busy: bool) -> None:
     assert d.busy_selector(now, before) is busy
+
+
+@pytest.mark.parametrize(("last_ran", "allow_exit", "start"), [
+    (None, 0.0, 10.0),    # no selector wrapper (uvloop): from the beat's send
+    (9.93, 0.0, 9.93),    # the loop last left select 70 ms before the beat went out
+    (10.02, 0.0, 10.02),  # idle at the send, woken by the beat, then blocked
+    (9.93, 9.95, 9.95),   # never before an allow_blocking() block ended
+])
+def test_a_freeze_starts_when_the_loop_last_ran(last_ran: float | None, allow_exit: float,
+                                                start: float) -> None:
+    st = state()
+    d.sent(st, 10.0, None)
+    (dec,) = d.step(st, obs(11.5, last_ran=last_ran, allow_exit_at=allow_exit))
+    assert isinstance(dec, d.Declared) and dec.start == start
+    out = d.step(st, obs(12.1, (1, 12.0)))
+    assert d.Ended(dec.freeze_id, pytest.approx(12.0 - start), None) in out

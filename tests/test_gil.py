@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_contract, wait_for
-from core_support import Pin, pin
+from conftest import assert_contract, dumps, only_dump, wait_for
+from core_support import pin
 
 import freezewatch
 from freezewatch import _faulthandler, _state
@@ -26,11 +26,6 @@ from freezewatch import _faulthandler, _state
 # Catastrophic backtracking: the regex engine runs in C and never releases the GIL.
 _EVIL = re.compile(r"(a+)+$")
 _SRE_FRAMES = ("sre_match", "sre_ucs1_match", "SRE(match)", "_sre_SRE_Pattern_match")
-
-
-def _pin(name: str) -> Pin:
-    """(file, line, code) of the line of this file marked ``# pin: name``."""
-    return pin(__file__, name)
 
 
 def _calibrate(target: float = 2.5) -> str:
@@ -65,11 +60,6 @@ def _faulthandler_back() -> Iterator[None]:
     _faulthandler.release_app_claim()
 
 
-def _only_dump(dump_dir: Path) -> dict[str, Any]:
-    (path,) = sorted(dump_dir.glob("freeze-*.json"))
-    return assert_contract(path)
-
-
 @pytest.mark.parametrize(("layer", "captured_by"),
                          [(False, "py-spy (sentinel)"), (True, "faulthandler")])
 def test_regex_holding_gil_is_pinned_with_native_frames(
@@ -90,8 +80,8 @@ def test_regex_holding_gil_is_pinned_with_native_frames(
     took = asyncio.run(main())
     ended = events.wait("freeze_ended", timeout=20)
     assert took >= 0.8, f"calibration: the regex took only {took:.2f} s"
-    doc = wait_for(lambda: (d := _only_dump(dump_dir)).get("duration") and d, 20)
-    file, line, code = _pin("evil")
+    doc = wait_for(lambda: (d := only_dump(dump_dir)).get("duration") and d, 20)
+    file, line, code = pin(__file__, "evil")
     assert doc["gil_held"] is True
     assert doc["captured_by"] == captured_by
     assert (doc["blocking_frame"]["file"], doc["blocking_frame"]["line"]) == (file, line)
@@ -126,8 +116,8 @@ def test_gil_freeze_with_heartbeat_out_is_pinned(dump_dir: Path, events: Any) ->
 
     asyncio.run(main())
     events.wait("freeze_ended", timeout=20)
-    doc = wait_for(lambda: (d := _only_dump(dump_dir)).get("duration") and d, 20)
-    file, line, _ = _pin("beat-out")
+    doc = wait_for(lambda: (d := only_dump(dump_dir)).get("duration") and d, 20)
+    file, line, _ = pin(__file__, "beat-out")
     assert doc["gil_held"] is True
     assert (doc["blocking_frame"]["file"], doc["blocking_frame"]["line"]) == (file, line)
     assert doc["duration"] >= 0.4
@@ -154,7 +144,7 @@ def test_faulthandler_off_gil_freeze_is_not_pinned(dump_dir: Path, events: Any) 
     ended = events.wait("freeze_ended", timeout=20)
     assert "not seen live" in str(ended.get("reason"))
     assert "install py-spy" in str(ended.get("reason"))
-    (path,) = dump_dir.glob("freeze-*.json")
+    (path,) = dumps(dump_dir)
     assert str(path) == ended["dump_path"]
     doc = assert_contract(path)
     assert doc["seen_live"] is False and doc["app_frame"] is None
@@ -178,10 +168,10 @@ def test_app_timer_keeps_working(layer: bool, dump_dir: Path) -> None:
         asyncio.run(main())
         own.seek(0)
         text = own.read().decode()
-    _, line, _ = _pin("app-timer")
+    _, line, _ = pin(__file__, "app-timer")
     assert "Timeout (0:00:00.600000)!" in text
     assert f'File "{__file__}", line {line} in main' in text
-    assert _only_dump(dump_dir)["blocking_frame"]["line"] == line  # freezewatch still works
+    assert only_dump(dump_dir)["blocking_frame"]["line"] == line  # freezewatch still works
 
 
 def test_app_taking_our_signal_is_detected_and_kept(dump_dir: Path, events: Any) -> None:
@@ -208,7 +198,7 @@ def test_app_taking_our_signal_is_detected_and_kept(dump_dir: Path, events: Any)
     ev = events.wait("faulthandler_conflict")
     assert "faulthandler.register()" in str(ev["reason"]) and f"signal {sig}" in str(ev["reason"])
     assert "FREEZEWATCH_FAULTHANDLER=0" in str(ev["reason"])
-    _, line, _ = _pin("app-signal")
+    _, line, _ = pin(__file__, "app-signal")
     assert f'File "{__file__}", line {line} in ' in text
 
 
@@ -260,7 +250,7 @@ def test_no_signal_while_python_runs(work: str, dump_dir: Path) -> None:
     captures, fd = asyncio.run(main())
     assert fd >= 0
     assert captures == 0
-    assert not list(dump_dir.glob("freeze-*.json"))
+    assert dumps(dump_dir) == []
 
 
 def test_gil_freeze_pinned_without_pyspy(dump_dir: Path, events: Any, tmp_path: Path) -> None:
@@ -287,8 +277,8 @@ def test_gil_freeze_pinned_without_pyspy(dump_dir: Path, events: Any, tmp_path: 
 
     task_name = asyncio.run(main())
     events.wait("freeze_ended", timeout=20)
-    doc = wait_for(lambda: (d := _only_dump(dump_dir)).get("duration") and d, 20)
-    file, line, _ = _pin("no-pyspy")
+    doc = wait_for(lambda: (d := only_dump(dump_dir)).get("duration") and d, 20)
+    file, line, _ = pin(__file__, "no-pyspy")
     assert doc["gil_held"] is True and doc["captured_by"] == "faulthandler"
     assert (doc["blocking_frame"]["file"], doc["blocking_frame"]["line"]) == (file, line)
     assert doc["native"]["ok"] is False
@@ -323,7 +313,7 @@ def test_gil_freeze_on_a_loop_in_another_thread(dump_dir: Path, events: Any) -> 
         loop.close()
     assert ev["loop"] == "bg"
     doc = assert_contract(Path(str(ev["dump_path"])))
-    file, line, _ = _pin("bg-thread")
+    file, line, _ = pin(__file__, "bg-thread")
     assert doc["gil_held"] is True and doc["captured_by"] == "faulthandler"
     assert (doc["blocking_frame"]["file"], doc["blocking_frame"]["line"]) == (file, line)
     assert doc["loop"]["thread_name"] == "bg-loop"
@@ -391,7 +381,7 @@ def test_garbage_collection_freeze_is_named(dump_dir: Path, events: Any) -> None
     finally:
         heap.clear()
     doc = assert_contract(Path(str(ev["dump_path"])))
-    file, line, _ = _pin("gc")
+    file, line, _ = pin(__file__, "gc")
     assert doc["gil_held"] is True
     assert (doc["blocking_frame"]["file"], doc["blocking_frame"]["line"]) == (file, line)
     assert doc["cause"] == "garbage collection"

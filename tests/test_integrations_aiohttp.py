@@ -13,7 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import assert_contract, dumps, line_of, wait_for
+from conftest import assert_contract, dumps, wait_for
+from core_support import pin
 
 import freezewatch
 import freezewatch.aiohttp
@@ -93,7 +94,7 @@ def test_client_stall_pins_await_line_and_request_phase(dump_dir: Path, events: 
 
     async def list_vless_users(session: aiohttp.ClientSession) -> bytes:
         async with session.get(url + "?token=secret") as resp:
-            return await resp.read()  # AWAIT-BODY
+            return await resp.read()  # pin: await-body
 
     async def reconcile(session: aiohttp.ClientSession) -> None:
         async with lock, freezewatch.watch("reconcile", stall_after=1.0):
@@ -122,11 +123,11 @@ def test_client_stall_pins_await_line_and_request_phase(dump_dir: Path, events: 
     else:
         handle = asyncio.run(main())
     assert handle.freezes == 0
-    (path,) = dumps(dump_dir, "stall-")
+    (path,) = dumps(dump_dir, kind="stall")
     doc = assert_contract(path)
-    line = line_of(__file__, "# AWAIT-BODY")
+    line = pin(__file__, "await-body").line
     assert doc["app_frame"]["file"] == __file__ and doc["app_frame"]["line"] == line
-    assert doc["app_frame"]["code"] == "return await resp.read()  # AWAIT-BODY"
+    assert doc["app_frame"]["code"] == "return await resp.read()  # pin: await-body"
     chain = doc["await_chain"]
     # (qualified names from Python 3.11, plain names before)
     assert [f["function"].split(".")[-1] for f in chain[:2]] == ["reconcile", "list_vless_users"]
@@ -171,7 +172,7 @@ def test_aiohttp_handler_freeze_names_request(dump_dir: Path, events: Any) -> No
     and exact line."""
 
     async def slow_report(request: web.Request) -> web.Response:
-        time.sleep(1.0)  # FREEZE-AIOHTTP
+        time.sleep(1.0)  # pin: freeze-aiohttp
         return web.Response(text="done")
 
     def make() -> web.Application:
@@ -191,11 +192,11 @@ def test_aiohttp_handler_freeze_names_request(dump_dir: Path, events: Any) -> No
         events.wait("freeze_ended")
         loop = srv.loop
     assert loop is not None and loop not in freezewatch._state.by_loop  # cleanup uninstalled
-    (path,) = dumps(dump_dir, "freeze-")
+    (path,) = dumps(dump_dir)
     doc = assert_contract(path)
     assert doc["loop"]["thread_name"] == "aiohttp-server"
     assert doc["blocking_frame"]["file"] == __file__
-    assert doc["blocking_frame"]["line"] == line_of(__file__, "# FREEZE-AIOHTTP")
+    assert doc["blocking_frame"]["line"] == pin(__file__, "freeze-aiohttp").line
     req = doc["request"]
     assert (req["name"], req["kind"], req["request_id"]) == ("GET /reports/{day}", "server",
                                                            "req-7")
@@ -236,7 +237,7 @@ def test_thousand_concurrent_requests_no_dump(dump_dir: Path, events: Any) -> No
         assert asyncio.run(client()) == ["hi"] * 1000
         handle = handles[0]
         assert wait_for(lambda: handle.inflight == {}, 5)
-    assert dumps(dump_dir) == []
+    assert dumps(dump_dir, kind="*") == []
     assert events.named("stall_detected") == [] and handle.stalls == 0
 
 

@@ -15,7 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 import structlog
-from conftest import assert_contract, dumps, line_of, wait_for
+from conftest import assert_contract, dumps, only_dump, wait_for
+from core_support import pin
 
 from freezewatch import _state
 from freezewatch.asgi import FreezewatchMiddleware
@@ -63,7 +64,7 @@ def fastapi_app(dump_dir: Path) -> Any:
     @app.get("/reports/daily")
     async def daily_report() -> dict[str, str]:
         structlog.contextvars.bind_contextvars(request_id="req-fastapi")
-        time.sleep(1.0)  # FREEZE-FASTAPI
+        time.sleep(1.0)  # pin: freeze-fastapi
         return {"status": "done"}
 
     return app
@@ -84,11 +85,11 @@ def test_fastapi_endpoint_freeze_names_request_and_line(dump_dir: Path, events: 
         assert (status, body) == (200, b'{"status":"done"}')
         events.wait("freeze_ended")
     assert handle not in _state.by_loop.values()  # lifespan shutdown uninstalled it
-    (path,) = dumps(dump_dir, "freeze-")
+    (path,) = dumps(dump_dir)
     doc = assert_contract(path)
     assert doc["loop"]["thread_name"] == name
     assert doc["blocking_frame"]["file"] == __file__
-    assert doc["blocking_frame"]["line"] == line_of(__file__, "# FREEZE-FASTAPI")
+    assert doc["blocking_frame"]["line"] == pin(__file__, "freeze-fastapi").line
     assert doc["blocking_frame"]["function"].endswith("daily_report")
     req = doc["request"]
     assert (req["name"], req["kind"], req["request_id"]) == ("GET /reports/daily", "server",
@@ -105,7 +106,7 @@ async def bare_asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """A plain ASGI app (no framework, no lifespan support) with a request that never ends."""
     assert scope["type"] == "http"
     if scope["path"] == "/hang":
-        await asyncio.Event().wait()  # ASGI-HANG
+        await asyncio.Event().wait()  # pin: asgi-hang
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"ok"})
 
@@ -121,12 +122,11 @@ def test_asgi_request_that_never_ends_gives_stall_dump(dump_dir: Path, events: A
         wait_for(lambda: handle.stalls, 10)
         conn.close()
         server.force_exit = True
-    (path,) = dumps(dump_dir, "stall-")
-    doc = assert_contract(path)
+    doc = only_dump(dump_dir, kind="stall")
     assert doc["stalled"]["name"] == "GET /hang"
     assert doc["stalled"]["request_id"] == "hang-1"
     assert doc["app_frame"]["file"] == __file__
-    assert doc["app_frame"]["line"] == line_of(__file__, "# ASGI-HANG")
+    assert doc["app_frame"]["line"] == pin(__file__, "asgi-hang").line
     assert handle.freezes == 0
 
 
@@ -154,5 +154,5 @@ def test_thousand_concurrent_asgi_requests_no_dump(dump_dir: Path, events: Any) 
 
         assert asyncio.run(client()) == ['"hi"'] * 1000
         assert wait_for(lambda: handle.inflight == {}, 5)
-    assert dumps(dump_dir) == []
+    assert dumps(dump_dir, kind="*") == []
     assert events.named("stall_detected") == [] and handle.stalls == 0

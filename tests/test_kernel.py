@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -13,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_contract, dumps, line_of
+from conftest import assert_contract, dumps
+from core_support import pin
 
 import freezewatch
 from freezewatch._snapshot import cause, cpu, procview
@@ -35,7 +37,7 @@ def _freeze_doc(dump_dir: Path, events: Any, block: Callable[[], None]) -> dict[
 
     asyncio.run(main())
     events.wait("freeze_ended", timeout=20)
-    first = dumps(dump_dir, "freeze-")[0]
+    first = dumps(dump_dir)[0]
     return assert_contract(first)
 
 
@@ -76,13 +78,13 @@ def test_blocking_socket_read_names_syscall_fd_and_peer(
     try:
         def block() -> None:
             assert client.recv(64).startswith(b"HTTP/1.1 200")
-            client.recv(64)  # kernel: blocked read
+            client.recv(64)  # pin: blocked-read
 
         doc = _freeze_doc(dump_dir, events, block)
     finally:
         client.close()
         server.close()
-    assert doc["blocking_frame"]["line"] == line_of(__file__, "# kernel: blocked read")
+    assert doc["blocking_frame"]["line"] == pin(__file__, "blocked-read").line
     assert doc["cause"] == "blocked syscall"
     k = doc["kernel"]
     assert k["ok"] is True, k
@@ -93,7 +95,7 @@ def test_blocking_socket_read_names_syscall_fd_and_peer(
     assert k["tcp"]["local"] == local, k
     assert k["cpu_growing"] is False, k
     assert f"\u2192 127.0.0.1:{server.port}" in doc["kernel_summary"]
-    txt = Path(str(dumps(dump_dir, "freeze-")[0])[:-5] + ".txt").read_text()
+    txt = Path(str(dumps(dump_dir)[0])[:-5] + ".txt").read_text()
     (cause,) = [ln for ln in txt.splitlines() if ln.startswith("Cause:")]
     assert cause.startswith(f"Cause:       blocked syscall \u2014 blocked in {k['syscall']}(fd ")
     assert f"TCP {local} \u2192 127.0.0.1:{server.port}" in cause
@@ -105,11 +107,11 @@ def test_pure_python_spin_is_cpu(dump_dir: Path, events: Any) -> None:
 
     def block() -> None:
         end = time.monotonic() + BLOCK
-        while time.monotonic() < end:  # kernel: spin
+        while time.monotonic() < end:  # pin: spin
             pass
 
     doc = _freeze_doc(dump_dir, events, block)
-    assert doc["blocking_frame"]["line"] == line_of(__file__, "# kernel: spin")
+    assert doc["blocking_frame"]["line"] == pin(__file__, "spin").line
     assert doc["cause"] == "CPU spin", doc["kernel"]
     assert doc["kernel"]["cpu_growing"] is True, doc["kernel"]
     assert doc["kernel"]["cpu_delta"] > 0
@@ -129,11 +131,11 @@ def test_lock_held_elsewhere_is_lock_wait(dump_dir: Path, events: Any) -> None:
     def block() -> None:
         threading.Thread(target=holder, name="lock-holder", daemon=True).start()
         held.wait(5)
-        with lock:  # kernel: lock wait
+        with lock:  # pin: lock-wait
             pass
 
     doc = _freeze_doc(dump_dir, events, block)
-    assert doc["blocking_frame"]["line"] == line_of(__file__, "# kernel: lock wait")
+    assert doc["blocking_frame"]["line"] == pin(__file__, "lock-wait").line
     assert doc["cause"] == "lock wait", doc["kernel"]
     assert doc["kernel"]["syscall"] == "futex"
     assert doc["kernel"]["cpu_growing"] is False
@@ -161,7 +163,7 @@ class _SlowFinalizer:
         self.me = self
 
     def __del__(self) -> None:
-        time.sleep(BLOCK)  # kernel: finalizer
+        time.sleep(BLOCK)  # pin: finalizer
 
 
 def test_garbage_collection(dump_dir: Path, events: Any) -> None:
@@ -172,7 +174,7 @@ def test_garbage_collection(dump_dir: Path, events: Any) -> None:
         gc.collect()
 
     doc = _freeze_doc(dump_dir, events, block)
-    assert doc["blocking_frame"]["line"] == line_of(__file__, "# kernel: finalizer")
+    assert doc["blocking_frame"]["line"] == pin(__file__, "finalizer").line
     assert doc["cause"] == "garbage collection"
 
 
@@ -191,3 +193,46 @@ def test_tcp_addresses_decoded() -> None:
     assert procview._endpoint("0100007F:1F90") == "127.0.0.1:8080"
     assert procview._endpoint("00000000000000000000000001000000:0050") == "[::1]:80"
     assert procview._endpoint("0000000000000000FFFF00000100007F:1F90") == "127.0.0.1:8080"
+
+
+@linux_only
+def test_forked_child_kernel_view_names_syscall_and_peer(tmp_path: Path) -> None:
+    """gunicorn-style: install() at import, os.fork(), the child's loop blocks in
+    recv(): its dump has the child's own thread's syscall and the TCP peer (threading
+    keeps the parent's native id for the forking thread after a fork)."""
+    dump_dir = tmp_path / "dumps"
+    script = tmp_path / "preload.py"
+    script.write_text(f"""
+import asyncio, os, socket, sys, threading, time
+import freezewatch
+
+freezewatch.install(threshold=0.3, interval=0.05, dump_dir={str(dump_dir)!r}, native=False)
+server = socket.create_server(("127.0.0.1", 0))
+port = server.getsockname()[1]
+pid = os.fork()
+if pid == 0:
+    async def main():
+        await asyncio.sleep(0.2)
+        client = socket.create_connection(("127.0.0.1", port))
+        client.recv(64)  # pin: child-read
+        await asyncio.sleep(0.3)
+    asyncio.run(main())
+    os._exit(0)
+conn, _ = server.accept()
+time.sleep(1.2)  # the child's read waits for this long
+conn.sendall(b"late")
+_, status = os.waitpid(pid, 0)
+print(port, status, pid)
+""")
+    proc = subprocess.run([sys.executable, "-W", "error", str(script)], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    port, status, child = proc.stdout.split()
+    assert status == "0", proc.stderr
+    (path,) = dumps(dump_dir)
+    doc = assert_contract(path)
+    assert doc["pid"] == int(child)  # the child's own dump
+    assert doc["blocking_frame"]["line"] == pin(script, "child-read").line
+    k = doc["kernel"]
+    assert k["ok"] is True and k["syscall"] in ("recvfrom", "read"), k
+    assert k["tcp"]["peer"] == f"127.0.0.1:{port}", k

@@ -14,7 +14,7 @@ from typing import Any
 
 import prometheus_client
 import pytest
-from conftest import assert_contract, wait_for
+from conftest import assert_contract, dumps, only_dump, wait_for
 from metrics_support import NO_PROMETHEUS, PROMTOOL, free_port, get, sample
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -76,7 +76,7 @@ def test_scrape_during_sleep_freeze_answers_fast(dump_dir: Path) -> None:
     blocked = sample(body, "freezewatch_loop_blocked_seconds")
     assert blocked is not None and blocked > 0.5
     assert sample(body, "freezewatch_freezes_total") == 1.0
-    for path in dump_dir.glob("freeze-*.json"):
+    for path in dumps(dump_dir):
         assert_contract(path)
     # After the freeze: its duration observed; uninstalled, the loop's gauges are gone.
     freezewatch.uninstall()
@@ -111,7 +111,7 @@ def test_healthz_503_past_liveness_limit_then_200(dump_dir: Path) -> None:
     assert frozen["blocked_seconds"] > 0.6
     assert frozen["liveness_limit"] == 0.6
     assert (s2, json.loads(b2)["status"]) == (200, "ok")
-    for path in dump_dir.glob("freeze-*.json"):
+    for path in dumps(dump_dir):
         assert_contract(path)
 
 
@@ -132,8 +132,7 @@ def test_healthz_stays_200_for_freeze_shorter_than_limit(dump_dir: Path) -> None
     status, body = asyncio.run(main())
     assert status == 200, body
     assert json.loads(body)["loops"][0]["blocked_seconds"] > 0.3
-    (path,) = dump_dir.glob("freeze-*.json")
-    assert_contract(path)
+    only_dump(dump_dir)
 
 
 def test_systemd_pings_stop_during_freeze_and_resume(
@@ -187,8 +186,7 @@ def test_systemd_pings_stop_during_freeze_and_resume(
     assert len(before) >= 2
     assert during == []
     assert len(after) >= 2
-    (path,) = dump_dir.glob("freeze-*.json")  # the dump was written before the pings stopped
-    assert_contract(path)
+    only_dump(dump_dir)  # the dump was written before the pings stopped
 
 
 def test_systemd_notifier_only_for_its_own_pid() -> None:
@@ -217,8 +215,7 @@ def test_custom_registry_gets_metrics_default_does_not(dump_dir: Path) -> None:
     assert sample(mine, "freezewatch_loop_lag_seconds_count", loop="mine")
     default = generate_latest(prometheus_client.REGISTRY).decode()
     assert 'loop="mine"' not in default
-    (path,) = dump_dir.glob("freeze-*.json")
-    assert_contract(path)
+    only_dump(dump_dir)
 
 
 def test_uninstall_and_reinstall_no_duplicated_timeseries(dump_dir: Path) -> None:
@@ -236,7 +233,7 @@ def test_uninstall_and_reinstall_no_duplicated_timeseries(dump_dir: Path) -> Non
     asyncio.run(once())
     asyncio.run(once())  # raised "Duplicated timeseries" if metrics were made per install
     assert sample(generate_latest(reg).decode(), "freezewatch_freezes_total") == 2.0
-    for path in dump_dir.glob("freeze-*.json"):
+    for path in dumps(dump_dir):
         assert_contract(path)
 
 
@@ -320,8 +317,7 @@ def test_exposition_passes_promtool_check_metrics(dump_dir: Path) -> None:
                          capture_output=True, timeout=30)
     assert res.returncode == 0, (res.stdout + res.stderr).decode()
     assert (res.stdout + res.stderr).strip() == b""  # no lint remarks either
-    (path,) = dump_dir.glob("freeze-*.json")
-    assert_contract(path)
+    only_dump(dump_dir)
 
 
 def test_live_tasks_gauge_counts_tasks(dump_dir: Path) -> None:

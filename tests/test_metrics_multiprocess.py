@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import assert_contract, wait_for
+from conftest import assert_contract, dumps, wait_for
+from core_support import pin
 from metrics_support import (
     ROOT,
     command,
@@ -61,9 +62,9 @@ def test_multiprocess_aggregates_three_workers(dump_dir: Path, tmp_path: Path) -
     finally:
         for w in workers:
             stop(w)
-    dumps = sorted(dump_dir.glob("freeze-*.json"))
-    assert {json.loads(p.read_text())["pid"] for p in dumps} == set(pids)
-    for p in dumps:
+    found = dumps(dump_dir)
+    assert {json.loads(p.read_text())["pid"] for p in found} == set(pids)
+    for p in found:
         assert_contract(p)
 
 
@@ -85,7 +86,7 @@ def state(handles):
 
 async def freeze():
     await asyncio.sleep(0.3)
-    time.sleep(1.0)  # FREEZE-LINE
+    time.sleep(1.0)  # pin: fork-freeze
     await asyncio.sleep(0.4)
 
 def child(tag, handles, run_loop, sync_work=0.0):
@@ -161,9 +162,9 @@ def test_forked_children_watch_their_own_loops_or_none(dump_dir: Path, tmp_path:
     assert (kids["A"]["watchdogs"], kids["B"]["watchdogs"], kids["C"]["watchdogs"]) == (1, 0, 1)
     assert kids["B"]["watchdogs_after"] == 0
 
-    line = next(i for i, text in enumerate(FORK_SCRIPT.splitlines(), 1) if "FREEZE-LINE" in text)
+    line = pin(script, "fork-freeze").line
     by_pid: dict[int, list[dict[str, object]]] = {}
-    for p in sorted(dump_dir.glob("freeze-*.json")):
+    for p in dumps(dump_dir):
         doc = assert_contract(p)
         by_pid.setdefault(doc["pid"], []).append(doc)
     # A and C each pinned their own freeze; B (unwatched) and C's loop-less
@@ -199,5 +200,5 @@ def test_multiprocess_env_twin_and_busy_port_in_one_worker(dump_dir: Path,
         stop(first)
         if second is not None:
             stop(second)
-    for p in dump_dir.glob("freeze-*.json"):
+    for p in dumps(dump_dir):
         assert_contract(p)

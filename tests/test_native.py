@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, assert_contract, wait_for
+from conftest import ROOT, assert_contract, dumps, wait_for
 from core_support import pin
 
 import freezewatch
@@ -21,10 +21,6 @@ from freezewatch._snapshot import native as native_mod
 from freezewatch._snapshot.model import NATIVE_PENDING
 
 PYSPY = native_mod.find_pyspy()
-
-
-def _pin(name: str) -> int:
-    return pin(__file__, name).line
 
 
 def _freeze(dump_dir: Path, seconds: float, **settings: Any) -> None:
@@ -41,7 +37,7 @@ def _final_dump(dump_dir: Path) -> dict[str, Any]:
     """The freeze dump once its native part was filled in (the file is rewritten)."""
 
     def ready() -> dict[str, Any] | None:
-        paths = sorted(dump_dir.glob("freeze-*.json"))
+        paths = dumps(dump_dir)
         if not paths:
             return None
         doc = assert_contract(paths[0])
@@ -69,12 +65,13 @@ def test_live_freeze_has_structured_native_frames(dump_dir: Path, events: Any) -
     assert native["source"] == "watchdog"
     (loop,) = [t for t in native["threads"] if t["thread_id"] == doc["loop"]["thread_id"]]
     py = [f for f in loop["frames"] if not f["native"]]
-    assert (py[-1]["file"], py[-1]["line"]) == (__file__, _pin("sleep"))  # outermost first
+    sleep = pin(__file__, "sleep")
+    assert (py[-1]["file"], py[-1]["line"]) == (sleep.file, sleep.line)  # outermost first
     assert any("sleep" in f["function"] for f in loop["frames"] if f["native"])
-    txt = Path(str(sorted(dump_dir.glob("freeze-*.txt"))[0])).read_text()
+    txt = dumps(dump_dir)[0].with_suffix(".txt").read_text()
     section = txt[txt.index("Loop thread stack"):txt.index("\nTasks:")]
     assert "Loop thread native stack (py-spy" in section
-    assert f"main ({__file__}:{_pin('sleep')})" in section
+    assert f"main ({sleep.file}:{sleep.line})" in section
 
 
 def test_pyspy_missing_rejected_at_install(dump_dir: Path) -> None:
@@ -104,7 +101,7 @@ def test_pyspy_gone_after_install_dump_still_written(dump_dir: Path, events: Any
     assert doc["native"]["ok"] is False
     assert f"py-spy not found at {str(fake)!r}" in doc["native"]["error"]
     assert "pip install py-spy" in doc["native"]["error"]
-    assert doc["blocking_frame"]["line"] == _pin("gone")
+    assert doc["blocking_frame"]["line"] == pin(__file__, "gone").line
 
 
 def test_pyspy_absent_from_interpreter_dir_and_path(tmp_path: Path,

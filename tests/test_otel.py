@@ -329,7 +329,7 @@ def test_stall_is_a_counter_and_a_log_record(dump_dir: Path, events: Any,
     expected = pin(__file__, "otel-stall")
     assert dict(rec.attributes)["freezewatch.app_frame"].startswith(
         f"{expected.file}:{expected.line} in ")
-    (path,) = dumps(dump_dir, "stall")
+    (path,) = dumps(dump_dir, kind="stall")
     assert_contract(path)
 
 

@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import tagged_line
+from core_support import pin
 
 pytest_plugins = ["pytester"]
 
@@ -41,10 +41,10 @@ import pytest
 async def test_on_uvloop():
     assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
     await asyncio.sleep(0.01)
-    time.sleep(0.8)  # <- uvloop
+    time.sleep(0.8)  # pin: uvloop
 '''
 
-# Each blocking line ends with a "# <- name" tag; the tests find its number.
+# Each blocking line ends with a "# pin: NAME" marker; the tests find its number.
 CASES = '''
 import asyncio
 import http.server
@@ -60,7 +60,7 @@ from aiohttp import web
 @pytest.mark.asyncio
 async def test_blocks():
     await asyncio.sleep(0.01)
-    time.sleep(0.8)  # <- blocks
+    time.sleep(0.8)  # pin: blocks
 
 
 @pytest.mark.asyncio
@@ -93,12 +93,12 @@ def slow_server():
 @pytest.mark.asyncio
 async def test_sync_http_client(slow_server):
     with urllib.request.urlopen(slow_server) as resp:
-        body = resp.read()  # <- third-party
+        body = resp.read()  # pin: third-party
     assert body == b"ok"
 
 
 async def _handler(request):
-    time.sleep(0.8)  # <- aiohttp handler
+    time.sleep(0.8)  # pin: aiohttp-handler
     return web.Response(text="ok")
 
 
@@ -114,7 +114,7 @@ async def test_aiohttp_handler(aiohttp_client):
 @pytest_asyncio.fixture
 async def blocking_fixture():
     await asyncio.sleep(0.01)
-    time.sleep(0.8)  # <- fixture
+    time.sleep(0.8)  # pin: fixture
     yield
 
 
@@ -131,7 +131,7 @@ async def test_module_loop_first():
 @pytest.mark.asyncio(loop_scope="module")
 async def test_module_loop_second():
     await asyncio.sleep(0.01)
-    time.sleep(0.8)  # <- shared loop
+    time.sleep(0.8)  # pin: shared-loop
 
 
 @pytest.mark.freezewatch(threshold=5.0)
@@ -149,12 +149,12 @@ async def test_marker_disables():
 @pytest.mark.freezewatch(enabled=True, threshold=0.2)
 @pytest.mark.asyncio
 async def test_marker_enables():
-    time.sleep(0.8)  # <- marker on
+    time.sleep(0.8)  # pin: marker-on
 
 
 def test_sync_test_running_a_loop():
     async def main():
-        time.sleep(0.8)  # <- asyncio.run
+        time.sleep(0.8)  # pin: asyncio-run
 
     asyncio.run(main())
 '''
@@ -198,22 +198,22 @@ def test_blocking_tests_fail_with_line_and_clean_ones_pass(pytester: pytest.Pyte
     assert (outcomes.get("failed"), outcomes.get("errors"), outcomes.get("passed")) == (
         7, 1, 4), out
     src = str(path)
-    for test, tag in [("test_blocks", "blocks"), ("test_aiohttp_handler", "aiohttp handler"),
-                      ("test_module_loop_second", "shared loop"),
-                      ("test_marker_enables", "marker on"),
-                      ("test_sync_test_running_a_loop", "asyncio.run"),
+    for test, tag in [("test_blocks", "blocks"), ("test_aiohttp_handler", "aiohttp-handler"),
+                      ("test_module_loop_second", "shared-loop"),
+                      ("test_marker_enables", "marker-on"),
+                      ("test_sync_test_running_a_loop", "asyncio-run"),
                       ("test_fixture_blocks", "fixture")]:
         section = _failure_section(out, test)
-        assert f"Blocked at:  {src}:{tagged_line(path, tag)} in " in section, section
+        assert f"Blocked at:  {src}:{pin(path, tag).line} in " in section, section
         assert "time.sleep(0.8)" in section
         assert "Dump: " in section
     section = _failure_section(out, "test_on_uvloop")
-    assert f"Blocked at:  {uv_path}:{tagged_line(uv_path, 'uvloop')} in test_on_uvloop" in section
+    assert f"Blocked at:  {uv_path}:{pin(uv_path, 'uvloop').line} in test_on_uvloop" in section
     # A sync HTTP client in the standard library: the blocking frame is the
     # socket read inside it, and the test's own line is named as the app line.
     section = _failure_section(out, "test_sync_http_client")
     assert re.search(r"Blocked at:  \S+/(socket|ssl|http/client)\.py:\d+ in ", section), section
-    third_party = tagged_line(path, "third-party")
+    third_party = pin(path, "third-party").line
     assert f"App line:    {src}:{third_party} in test_sync_http_client" in section
     assert "body = resp.read()" in section
     for passed in ("test_clean", "test_module_loop_first", "test_marker_raises_threshold",
@@ -234,7 +234,7 @@ def test_dump_of_a_failed_test_meets_the_contract(pytester: pytest.Pytester) -> 
     assert dump, result.stdout.str()
     doc = assert_contract(dump.group(1))
     assert doc["blocking_frame"]["file"] == str(path)
-    assert doc["blocking_frame"]["line"] == tagged_line(path, "blocks")
+    assert doc["blocking_frame"]["line"] == pin(path, "blocks").line
 
 
 def test_inactive_by_default(pytester: pytest.Pytester) -> None:

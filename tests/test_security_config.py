@@ -122,7 +122,7 @@ def test_bound_api_key_not_in_dump_by_default(dump_dir: Path, events: Any) -> No
 
     asyncio.run(main())
     events.wait("freeze_ended")
-    (path,) = dumps(dump_dir, "freeze-")
+    (path,) = dumps(dump_dir, kind="freeze")
     doc = assert_contract(path)
     assert "context" not in doc
     assert "sk-live-secret" not in path.read_text() + path.with_suffix(".txt").read_text()

@@ -74,7 +74,7 @@ def hostile_dump(dump_dir: Path, events: Any) -> Path:
 
     asyncio.run(main())
     events.wait("freeze_ended")
-    (path,) = dumps(dump_dir, "freeze-")
+    (path,) = dumps(dump_dir, kind="freeze")
     assert_contract(path)
     return path
 

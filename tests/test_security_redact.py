@@ -97,8 +97,8 @@ def test_bot_token_in_outbound_url_never_recorded(dump_dir: Path, events: Any) -
         asyncio.run(main())
         events.wait("freeze_ended")
         events.wait("stall_ended")
-    (stall,) = dumps(dump_dir, "stall-")
-    (freeze,) = dumps(dump_dir, "freeze-")
+    (stall,) = dumps(dump_dir, kind="stall")
+    (freeze,) = dumps(dump_dir, kind="freeze")
     for path in (stall, freeze):
         assert_contract(path)
     text = all_text(dump_dir, events)
@@ -129,7 +129,7 @@ def test_inbound_aiohttp_request_named_by_route_template(dump_dir: Path, events:
 
         assert asyncio.run(client()) == 200
         events.wait("freeze_ended")
-    (path,) = dumps(dump_dir, "freeze-")
+    (path,) = dumps(dump_dir, kind="freeze")
     doc = assert_contract(path)
     assert doc["request"]["name"] == "POST /webhook/{token}/update"
     assert SECRET not in all_text(dump_dir, events)
@@ -164,7 +164,7 @@ def test_inbound_fastapi_request_named_by_route_template(dump_dir: Path, events:
 
     asyncio.run(_call_asgi(api, f"/webhook/bot777:{SECRET}/update"))
     events.wait("freeze_ended")
-    (path,) = dumps(dump_dir, "freeze-")
+    (path,) = dumps(dump_dir, kind="freeze")
     doc = assert_contract(path)
     assert doc["request"]["name"] == "POST /webhook/{token}/update"
     assert SECRET not in all_text(dump_dir, events)
@@ -181,7 +181,7 @@ def test_inbound_bare_asgi_path_redacted(dump_dir: Path, events: Any) -> None:
     app = FreezewatchMiddleware(bare, dump_dir=str(dump_dir), **FAST)
     asyncio.run(_call_asgi(app, f"/webhook/bot777:{SECRET}/update"))
     events.wait("freeze_ended")
-    (path,) = dumps(dump_dir, "freeze-")
+    (path,) = dumps(dump_dir, kind="freeze")
     doc = assert_contract(path)
     assert doc["request"]["name"] == f"POST /webhook/bot777:{REDACTED}/update"
     assert SECRET not in all_text(dump_dir, events)
@@ -199,7 +199,7 @@ def test_rule_replaced_by_the_user(dump_dir: Path, events: Any) -> None:
 
     asyncio.run(main())
     events.wait("freeze_ended")
-    (path,) = dumps(dump_dir, "freeze-")
+    (path,) = dumps(dump_dir, kind="freeze")
     doc = assert_contract(path)
     assert [u["name"] for u in doc["inflight"]] == ["sync *** accounts"]
     wait_for(lambda: "acme" not in all_text(dump_dir, events))

@@ -9,11 +9,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from freezewatch._serve import MetricsServer
 from metrics_support import get
 from prometheus_client import CollectorRegistry
 
-from freezewatch import _serve
+from freezewatch._sinks import serve as _serve
+from freezewatch._sinks.serve import MetricsServer
 
 
 @pytest.fixture

@@ -213,7 +213,7 @@ def test_stall_event_has_the_await_chain(dump_dir: Path, events: Any, sentry: Se
     events.wait("stall_detected")
     assert event_sink.flush(5)
     (event,) = wait_for(lambda: sentry.of_kind("stall"))
-    (path,) = dumps(dump_dir, "stall")
+    (path,) = dumps(dump_dir, kind="stall")
     doc = assert_contract(path)
     frames = event["threads"]["values"][0]["stacktrace"]["frames"]
     bf = doc["blocking_frame"]

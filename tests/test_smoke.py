@@ -6,7 +6,8 @@ import asyncio
 import time
 from pathlib import Path
 
-from conftest import assert_contract
+from conftest import only_dump
+from core_support import assert_frame_is, pin
 
 import freezewatch
 
@@ -14,28 +15,15 @@ import freezewatch
 def test_sleep_freeze_pinned_to_line(dump_dir: Path, events) -> None:  # type: ignore[no-untyped-def]
     """A time.sleep on the loop thread gives a freeze dump naming that line."""
 
-    async def main() -> int:
+    async def main() -> None:
         freezewatch.install(threshold=0.3, interval=0.05, dump_dir=str(dump_dir), native=False)
         await asyncio.sleep(0.1)
-        line = _block_line()
-        time.sleep(1.0)
+        time.sleep(1.0)  # pin: sleep
         await asyncio.sleep(0.3)
-        return line
 
-    line = asyncio.run(main())
+    asyncio.run(main())
     ended = events.wait("freeze_ended")
     assert ended["seconds"] >= 0.5
-    (path,) = sorted(dump_dir.glob("freeze-*.json"))
-    doc = assert_contract(path)
-    assert doc["blocking_frame"]["file"] == __file__
-    assert doc["blocking_frame"]["line"] == line
-    assert doc["blocking_frame"]["code"] == "time.sleep(1.0)"
+    doc = only_dump(dump_dir)
+    assert_frame_is(doc["blocking_frame"], pin(__file__, "sleep"))
     assert doc["duration"] >= 0.5
-
-
-def _block_line() -> int:
-    import inspect
-
-    frame = inspect.currentframe()
-    assert frame is not None and frame.f_back is not None
-    return frame.f_back.f_lineno + 1

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import structlog
-from conftest import assert_contract, dumps, line_of
+from conftest import assert_contract, dumps, only_dump
+from core_support import pin
 
 import freezewatch
 from freezewatch._snapshot.waits import WaitSampler
@@ -44,7 +45,7 @@ def test_watch_finishing_in_time_writes_no_dump(dump_dir: Path, events: Any) -> 
         return handle
 
     handle = asyncio.run(main())
-    assert dumps(dump_dir) == []
+    assert dumps(dump_dir, kind="*") == []
     assert events.named("stall_detected") == []
     assert handle.stalls == 0
 
@@ -56,7 +57,7 @@ def test_overdue_watch_writes_one_stall_dump_with_await_chain(dump_dir: Path, ev
 
     async def reconcile(gate: asyncio.Event) -> None:
         async with freezewatch.watch("reconcile", stall_after=0.5):
-            await asyncio.wait_for(gate.wait(), 30)  # STALL-AWAIT
+            await asyncio.wait_for(gate.wait(), 30)  # pin: stall-await
 
     async def main() -> freezewatch.LoopWatch:
         handle = freezewatch.install(dump_dir=str(dump_dir), **FAST)
@@ -70,9 +71,9 @@ def test_overdue_watch_writes_one_stall_dump_with_await_chain(dump_dir: Path, ev
         return handle
 
     handle = run(main(), loop_kind)
-    (path,) = dumps(dump_dir, "stall-")
+    (path,) = dumps(dump_dir, kind="stall")
     doc = assert_contract(path)
-    line = line_of(__file__, "# STALL-AWAIT")
+    line = pin(__file__, "stall-await").line
     assert doc["kind"] == "stall"
     assert doc["stalled"]["name"] == "reconcile"
     assert doc["stalled"]["task"] == "reconcile-task"
@@ -94,7 +95,7 @@ def test_open_watch_is_listed_in_freeze_dump(dump_dir: Path, events: Any) -> Non
     @freezewatch.watch("nightly-report", stall_after=60)
     async def nightly_report() -> None:
         await asyncio.sleep(0.2)
-        time.sleep(1.0)  # FREEZE-IN-WATCH
+        time.sleep(1.0)  # pin: freeze-in-watch
 
     async def main() -> None:
         freezewatch.install(dump_dir=str(dump_dir), **FAST)
@@ -104,9 +105,8 @@ def test_open_watch_is_listed_in_freeze_dump(dump_dir: Path, events: Any) -> Non
 
     asyncio.run(main())
     events.wait("freeze_ended")
-    (path,) = dumps(dump_dir, "freeze-")
-    doc = assert_contract(path)
-    assert doc["blocking_frame"]["line"] == line_of(__file__, "# FREEZE-IN-WATCH")
+    doc = only_dump(dump_dir)
+    assert doc["blocking_frame"]["line"] == pin(__file__, "freeze-in-watch").line
     (unit,) = doc["inflight"]
     assert unit["name"] == "nightly-report" and unit["kind"] == "watch"
     assert unit["task"] == "report-task" and unit["in_blocking_task"] is True
@@ -144,8 +144,7 @@ def test_dump_carries_structlog_context_of_blocking_task(dump_dir: Path, events:
 
     asyncio.run(main())
     events.wait("freeze_ended")
-    (path,) = dumps(dump_dir, "freeze-")
-    doc = assert_contract(path)
+    doc = only_dump(dump_dir)
     if sys.version_info >= (3, 12):
         assert doc["context"] == {"request_id": "req-42", "user": "ann"}
     else:
@@ -156,7 +155,7 @@ def test_wait_ages_per_task_group(dump_dir: Path, events: Any) -> None:
     """Tasks parked on one future show 'waiting >= N s'; a task that keeps moving shows none."""
 
     async def parked(gate: asyncio.Event) -> None:
-        await gate.wait()  # PARKED
+        await gate.wait()  # pin: parked
 
     async def busy() -> None:
         while True:
@@ -176,11 +175,11 @@ def test_wait_ages_per_task_group(dump_dir: Path, events: Any) -> None:
 
     asyncio.run(main())
     events.wait("freeze_ended")
-    (path,) = dumps(dump_dir, "freeze-")
+    (path,) = dumps(dump_dir)
     doc = assert_contract(path)
     (group,) = [g for g in doc["tasks"] if g["coroutine"].endswith("parked")]
     assert group["count"] == 20
-    assert group["await_chain"][0]["line"] == line_of(__file__, "# PARKED")
+    assert group["await_chain"][0]["line"] == pin(__file__, "parked").line
     assert group["waiting"] >= 1.0  # first seen by a sample >= 1 s before the freeze
     assert group["waiting_longest"] >= group["waiting"]
     (moving,) = [g for g in doc["tasks"] if g["names"] == ["mover"]]
@@ -226,7 +225,7 @@ def test_frozen_loop_in_thread_reported_alone(dump_dir: Path, events: Any,
         bg_ready.set()
         await asyncio.sleep(0.3)
         async with freezewatch.watch("telegram-poll"):
-            time.sleep(1.0)  # FREEZE-BG-THREAD
+            time.sleep(1.0)  # pin: freeze-bg-thread
         await asyncio.sleep(0.4)
 
     thread = threading.Thread(target=bg_loop.run_until_complete, args=(bg_main(),),
@@ -244,11 +243,10 @@ def test_frozen_loop_in_thread_reported_alone(dump_dir: Path, events: Any,
     main_handle = asyncio.run(main())
     bg_loop.close()
     events.wait("freeze_ended")
-    (path,) = dumps(dump_dir)
-    doc = assert_contract(path)
+    doc = only_dump(dump_dir, kind="*")
     assert doc["loop"]["thread_name"] == "telegram-client"
     assert doc["loop"]["name"] == "telegram-client"
-    assert doc["blocking_frame"]["line"] == line_of(__file__, "# FREEZE-BG-THREAD")
+    assert doc["blocking_frame"]["line"] == pin(__file__, "freeze-bg-thread").line
     assert [u["name"] for u in doc["inflight"]] == ["telegram-poll"]
     assert main_handle.freezes == 0 and bg_handle[0].freezes == 1
     assert [e["loop"] for e in events.named("freeze_detected")] == ["telegram-client"]
@@ -279,7 +277,7 @@ def test_inflight_list_is_bounded_but_keeps_the_blocking_unit(dump_dir: Path,
 
     asyncio.run(main())
     events.wait("freeze_ended")
-    (path,) = dumps(dump_dir, "freeze-")
+    (path,) = dumps(dump_dir)
     doc = assert_contract(path)
     units = doc["inflight"]
     assert len(units) == MAX_RECORDS + 2

@@ -14,11 +14,12 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import assert_contract, tagged_line, wait_for
+from conftest import assert_contract, wait_for
+from core_support import assert_frame_is, pin
 from workers_support import APP, Server, freeze_dumps, freeze_each_worker, server
 
 pytestmark = pytest.mark.timeout(60)
-FREEZE_LINE = tagged_line(APP, "FREEZE")
+FREEZE = pin(APP, "freeze")
 
 
 def _check_dumps(s: Server, pids: set[int], named: bool = True) -> None:
@@ -28,8 +29,7 @@ def _check_dumps(s: Server, pids: set[int], named: bool = True) -> None:
     assert set(docs) == pids
     for doc in docs.values():
         assert_contract(doc["_path"])
-        frame = doc["blocking_frame"]
-        assert (frame["file"], frame["line"]) == (str(APP), FREEZE_LINE), frame
+        assert_frame_is(doc["blocking_frame"], FREEZE)
         if named:
             assert [u["name"] for u in doc["inflight"]] == ["GET /freeze"], doc["inflight"]
 

@@ -218,7 +218,7 @@ import os, sys, time
 from aiohttp import web
 
 async def freeze(request):
-    time.sleep(0.8)  # <- AIOFREEZE
+    time.sleep(0.8)  # pin: aiofreeze
     return web.Response(text=str(os.getpid()))
 
 async def ping(request):
@@ -234,7 +234,8 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
 def test_zero_code_names_aiohttp_requests(tmp_path: Path) -> None:
     """freezewatch run -- python app.py (aiohttp, untouched): the dump names the
     request by its route, as freezewatch.aiohttp.setup(app) in code would."""
-    from conftest import assert_contract, tagged_line
+    from conftest import assert_contract
+    from core_support import assert_frame_is, pin
     from metrics_support import free_port, get
 
     app = tmp_path / "aio_app.py"
@@ -258,7 +259,7 @@ def test_zero_code_names_aiohttp_requests(tmp_path: Path) -> None:
 
         wait_for(up, timeout=20, every=0.1)
         assert get(f"http://127.0.0.1:{port}/freeze/7", timeout=10)[0] == 200
-        line = tagged_line(app, "AIOFREEZE")
+        line = pin(app, "aiofreeze").line
         path = wait_for(lambda: [p for p in sorted(dumps.glob("freeze-*.json"))
                                  if json.loads(p.read_text())["blocking_frame"]["line"] == line],
                         timeout=10)[0]
@@ -266,6 +267,6 @@ def test_zero_code_names_aiohttp_requests(tmp_path: Path) -> None:
         proc.terminate()
         err = proc.communicate(timeout=10)[1]
     doc = assert_contract(path)
-    assert doc["blocking_frame"]["file"] == str(app)
+    assert_frame_is(doc["blocking_frame"], pin(app, "aiofreeze"))
     assert [u["name"] for u in doc["inflight"]] == ["GET /freeze/{n}"], (doc["inflight"], err)
     assert "Traceback" not in err, err

@@ -31,7 +31,7 @@ MODE = os.environ.get("WORKERS_INSTALL", "middleware")
 
 async def freeze(request: Request) -> PlainTextResponse:
     seconds = float(request.query_params.get("seconds", "1"))
-    time.sleep(seconds)  # <- FREEZE
+    time.sleep(seconds)  # pin: freeze
     return PlainTextResponse(str(os.getpid()))
 
 

@@ -6,6 +6,8 @@ import dataclasses
 import threading
 import time
 
+from .. import _state
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class CpuSample:
@@ -25,9 +27,14 @@ def cpu_sample(ident: int | None) -> CpuSample | None:
 
 
 def native_id_of(ident: int | None) -> int | None:
-    """The kernel thread id of a ``threading`` ident (None if not known)."""
+    """The kernel thread id of a ``threading`` ident (None if not known): what the
+    thread said itself (``_state.native_ids``; right after a fork too), else
+    ``threading``'s record."""
     if ident is None:
         return None
+    told = _state.native_ids.get(ident)
+    if told is not None:
+        return told
     for t in threading.enumerate():  # a copy made under threading's own lock
         if t.ident == ident:
             return t.native_id
