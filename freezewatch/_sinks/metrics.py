@@ -17,6 +17,12 @@ the watchdog thread is busy writing a dump; in multiprocess mode a function
 gauge is invisible to the aggregating collector (it reads only the value
 files), so the watchdog thread also ``set()``s it every round, which is the
 value multiprocess scrapes see (at most one ``interval`` old).
+
+Which worker: ``worker_loop_blocked_seconds`` is the same value with a
+``pid`` label, one series per live process (multiprocess mode: "liveall",
+prometheus-client adds the pid); no other metric has a pid, so restarts add
+no series. ``metrics_server_skipped_total`` counts processes that found the
+port taken (``_install``).
 """
 
 from __future__ import annotations
