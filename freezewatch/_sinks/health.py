@@ -77,4 +77,10 @@ def healthz() -> tuple[bool, dict[str, Any]]:
                           for f in frozen)
         return False, {"status": "frozen", "pid": me, "detail": f"loop frozen: {names}",
                        "frozen": frozen, "loops": loops}
-    return True, {"status": "ok", "pid": me, "loops": loops}
+    doc: dict[str, Any] = {"status": "ok", "pid": me, "loops": loops}
+    if not loops and not _metrics.multiprocess_dir():
+        # A supervisor (freezewatch run -- uvicorn --workers N) holds the port but
+        # runs no loop: say so rather than let "ok" speak for the workers.
+        doc["note"] = ("this process runs no watched loop; for the workers of a "
+                       "multi-process server set PROMETHEUS_MULTIPROC_DIR")
+    return True, doc
