@@ -270,3 +270,18 @@ def test_zero_code_names_aiohttp_requests(tmp_path: Path) -> None:
     assert_frame_is(doc["blocking_frame"], pin(app, "aiofreeze"))
     assert [u["name"] for u in doc["inflight"]] == ["GET /freeze/{n}"], (doc["inflight"], err)
     assert "Traceback" not in err, err
+
+
+def test_healthz_of_a_process_without_a_loop_says_so(
+        dump_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A supervisor (pending handle, no loop ever): 200, no loops, a note; with the
+    multiprocess directory it speaks for the workers instead."""
+    from freezewatch._sinks import health
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    freezewatch.install(dump_dir=str(dump_dir), **FAST)  # no loop runs here: pending
+    ok, doc = health.healthz()
+    assert ok and doc["loops"] == [] and doc["pid"] == os.getpid()
+    assert "PROMETHEUS_MULTIPROC_DIR" in doc["note"]
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(dump_dir.parent))
+    assert "note" not in health.healthz()[1]
