@@ -85,7 +85,7 @@ def test_gunicorn_preload_multiprocess(tmp_path: Path) -> None:
     with server("gunicorn", tmp_path, env) as s:
         pids = s.wait_workers(2)
         answered, (health, metrics) = freeze_each_worker(
-            s, seconds=2.0, during=lambda: (s.metrics("/healthz"), s.metrics()))
+            s, seconds=2.5, during=lambda: (s.metrics("/healthz"), s.metrics()))
         assert set(answered) == pids
         _check_dumps(s, pids)
         status, body = health
@@ -118,7 +118,7 @@ def test_zero_code_uvicorn_workers(tmp_path: Path) -> None:
     with server("uvicorn", tmp_path, env, zero_code=True) as s:
         pids = s.wait_workers(2)
         answered, (health, _) = freeze_each_worker(
-            s, seconds=2.0, during=lambda: (s.metrics("/healthz"), None))
+            s, seconds=2.5, during=lambda: (s.metrics("/healthz"), None))
         assert set(answered) == pids
         _check_dumps(s, pids)
         status, body = health

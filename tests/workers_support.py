@@ -138,11 +138,18 @@ def freeze_each_worker(s: Server, seconds: float = 2.0,
         assert status == 200, body
         answers.append(int(body))
 
+    def frozen_pids() -> set[int]:  # from the names of the freeze dumps written since
+        return {int(p.name.split("-")[2]) for p in s.dump_dir.glob("freeze-*.json")
+                if p not in s.before}
+
     threads = [threading.Thread(target=request) for _ in range(2)]
     threads[0].start()
-    time.sleep(0.4)
+    # The second request once the first worker is frozen (dumped): it accepts
+    # nothing then, so the other worker gets it.
+    wait_for(lambda: len(frozen_pids()) >= 1, timeout=10, every=0.05)
     threads[1].start()
-    time.sleep(0.9)  # both frozen for > liveness_limit (0.5 s) now
+    wait_for(lambda: len(frozen_pids()) >= 2, timeout=10, every=0.05)
+    time.sleep(0.4)  # both frozen for > liveness_limit (0.5 s) now
     seen = during() if during is not None else None
     for t in threads:
         t.join(seconds + 15)
