@@ -133,6 +133,10 @@ def _ensure_server(config: Config) -> None:
                 f"metrics_port {config.metrics_port} on metrics_addr {config.metrics_addr!r} "
                 f"cannot be bound: {e.strerror or e}") from None
         _server_skipped(config)
+        return
+    if standby is not None:  # waiting for another port: this one serves now
+        standby.stop()
+        _state.metrics_standby = None
 
 
 def _server_skipped(config: Config) -> None:
@@ -152,17 +156,20 @@ def _server_skipped(config: Config) -> None:
                f"servers (docs/metrics.md)")
     events.emit(FreezeEvent("metrics_server_skipped", config.name or "*", 0.0, reason=why),
                 (), "warning" if not _metrics.multiprocess_dir() else "info")
-    standby = _state.metrics_standby
-    if standby is None or not standby.is_alive():
-        _state.metrics_standby = Standby(config.metrics_addr, config.metrics_port,
-                                         config.registry, _took_over)
+    old = _state.metrics_standby
+    if old is not None:  # it waited for another port
+        old.stop()
+    _state.metrics_standby = Standby(config.metrics_addr, config.metrics_port,
+                                     config.registry, _took_over)
 
 
 def _took_over(srv: MetricsServer) -> bool:
     """The standby bound the port (its holder is gone): this process serves now."""
     with _state.lock:
-        if _state.watchdog is None or _state.metrics_standby is None:
-            return False  # uninstalled meanwhile
+        current = _state.metrics_server
+        if (_state.watchdog is None or _state.metrics_standby is None
+                or (current is not None and current.is_alive())):
+            return False  # uninstalled meanwhile, or serving already
         _state.metrics_standby = None
         _state.metrics_server = srv
     events.emit(FreezeEvent("metrics_server_started", "*", 0.0,

@@ -230,8 +230,8 @@ class Standby:
                 srv = MetricsServer(self.addr, self.port, self.registry)
             except OSError:
                 continue  # still taken (or briefly unbindable): try again later
-            if not self._on_bound(srv):
-                srv.stop()
+            if self._stop.is_set() or not self._on_bound(srv):
+                srv.stop()  # stopped meanwhile (uninstalled, another port asked for)
             return
 
     def is_alive(self) -> bool:
