@@ -170,6 +170,7 @@ def pin(snap: Snapshot, frames: tuple[Frame, ...], blocked_for: float,
     return dataclasses.replace(
         snap, loop_frames=frames, blocking_frame=frames[-1], app_frame=app_frame(frames),
         blocked_for=blocked_for, extra=extra,
+        waits=None,  # the live graph is of after the GIL came back, not of the freeze
         current_task=snap.current_task or running_task(frames, snap.tasks),
     )
 

@@ -307,7 +307,7 @@ class Pipeline:
         extra = {**snap.extra, "seen_live": False, "duration": round(lag, 6),
                  "cause": "unknown", "kernel_summary": reason}
         snap = dataclasses.replace(snap, loop_frames=(), blocking_frame=NOT_SEEN,
-                                   app_frame=None, extra=extra)
+                                   app_frame=None, extra=extra, waits=None)
         return _write(w, snap.to_json(), NOT_SEEN.where)
 
     # -- stalls ----------------------------------------------------------------------

@@ -21,11 +21,13 @@ LAYERS: list[set[str]] = [
      "_rundelay", "_selector", "_sentinel_main", "_cli_errors", "_cli_color", "_boot", "_sinks",
      "_version", "_pager", "_html_css", "_html_text", "_redact", "_sigcheck", "_dumpread",
      "_snapshot.cpu", "_snapshot.context", "_snapshot.render", "_snapshot.procview",
-     "_sinks.scrub"},
+     "_sinks.scrub", "_snapshot.render_waits"},
     # 1: capture (reads frames, tasks, /proc), units of work in flight
     {"_snapshot.frames", "_snapshot.tasks", "_snapshot.threads", "_snapshot.waits",
      "_snapshot.native", "_snapshot.gcwatch", "_snapshot.cause", "_snapshot.capture",
-     "_snapshot.otel_context", "_inflight", "_allow", "_html_timeline", "_html_detail"},
+     "_snapshot.otel_context", "_snapshot.wait_source", "_snapshot.primitives",
+     "_snapshot.holders", "_snapshot.jobs", "_snapshot.waitgraph", "_inflight", "_allow",
+     "_html_timeline", "_html_detail"},
     # 2: the sinks and services; the layers outside the GIL
     {"_sinks.report", "_sinks.log", "_sinks.metrics", "_sinks.workers", "_sinks.health",
      "_sinks.serve",

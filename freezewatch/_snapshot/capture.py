@@ -17,6 +17,7 @@ from typing import Any
 from . import cause as _cause
 from . import cpu as _cpu
 from . import frames as _frames
+from . import waitgraph as _waitgraph
 from .context import task_context
 from .model import Frame, InflightUnit, LoopInfo, Native, Snapshot, TaskGroup, ThreadStack
 from .otel_context import sentry_trace_of_task, span_of_task
@@ -87,6 +88,12 @@ def capture(
     threads: tuple[ThreadStack, ...] = _safe(
         errors, "threads", lambda: thread_stacks(tops, skip), ()
     )
+    # Who the blocked party waits for (the loop thread of a freeze, the stalled
+    # task of a stall): read from the same live frames and tasks, plain data out.
+    graph = _safe(errors, "waits_for", lambda: _waitgraph.build(
+        kind=kind, loop=loop, loop_ident=info.thread_id, tops=tops, tasks=tasks,
+        current=current, stalled_task=stalled_task, inflight=inflight,
+        age_of=waits.age_of(time.monotonic()) if waits else None), None)
     current_name = _safe(
         errors, "current_task", lambda: current.get_name() if current else None, None
     )
@@ -130,5 +137,6 @@ def capture(
         inflight=inflight,
         errors=tuple(errors),
         extra=doc_extra,
+        waits=graph,
     )
 

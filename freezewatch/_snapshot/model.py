@@ -160,6 +160,18 @@ class LoopInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class WaitGraph:
+    """Who the blocked party waits for (``_snapshot/waitgraph.py``): the contract's
+    ``waits_for`` links, JSON-ready plain dicts, and ``deadlock``."""
+
+    links: tuple[dict[str, Any], ...]
+    deadlock: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"waits_for": [dict(link) for link in self.links], "deadlock": self.deadlock}
+
+
+@dataclasses.dataclass(frozen=True)
 class Snapshot:
     """Everything known about one freeze (or stall) at the moment of capture."""
 
@@ -182,6 +194,8 @@ class Snapshot:
     inflight: tuple[InflightUnit, ...]
     errors: tuple[str, ...] = ()
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    waits: WaitGraph | None = None
+    """The wait-for graph; None when the blocked party waits on nothing known."""
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -205,5 +219,7 @@ class Snapshot:
             "inflight": [u.to_json() for u in self.inflight],
             "capture_errors": list(self.errors),
         }
+        if self.waits is not None:
+            doc.update(self.waits.to_json())
         doc.update(self.extra)
         return doc

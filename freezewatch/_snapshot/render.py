@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 from .._redact import escape, escape_lines
+from . import render_waits
 
 MAX_GROUPS_SHOWN = 50
 MAX_DEPTH = 32
@@ -147,7 +148,10 @@ def render(doc: dict[str, Any]) -> str:
             lines.append(f"             {af['code']}")
     elif not af:
         lines.append("App line:    (no application frame on this stack)")
-    if doc.get("cause"):  # the kernel's view (procview, cause): freezes only
+    wait_cause = render_waits.cause_line(doc)  # who holds what it waits for
+    if wait_cause:
+        lines.append(f"Cause:       {wait_cause}")
+    elif doc.get("cause"):  # the kernel's view (procview, cause): freezes only
         why = f" \u2014 {doc['kernel_summary']}" if doc.get("kernel_summary") else ""
         lines.append(f"Cause:       {doc['cause']}{why}")
     if kind == "stall":
@@ -178,6 +182,7 @@ def render(doc: dict[str, Any]) -> str:
     if doc.get("gil_held"):
         lines.append("GIL:         held during the freeze (captured by faulthandler)")
     lines.append("")
+    lines.extend(render_waits.section(doc))
 
     if kind == "stall":
         lines.append("Await chain of the stalled task (outermost first):")
