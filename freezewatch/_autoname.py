@@ -78,7 +78,9 @@ def patch_uvicorn(module: Any) -> None:
 
             app = getattr(self, "loaded_app", None)
             if app is not None and not isinstance(app, FreezewatchMiddleware):
-                self.loaded_app = FreezewatchMiddleware(app)
+                mw = FreezewatchMiddleware(app)
+                mw.yields = True  # the app's own middleware, if any, has the say
+                self.loaded_app = mw
         except Exception as e:  # boundary: the server must start even so
             print(f"freezewatch: requests not named in this process: {e}", file=sys.stderr)
 

@@ -285,3 +285,43 @@ def test_healthz_of_a_process_without_a_loop_says_so(
     assert "PROMETHEUS_MULTIPROC_DIR" in doc["note"]
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(dump_dir.parent))
     assert "note" not in health.healthz()[1]
+
+
+def test_run_middleware_yields_to_the_apps_own(dump_dir: Path) -> None:
+    """freezewatch run's outer middleware and the app's own inside it: one unit per
+    request, with the app's settings (its request id header)."""
+    from freezewatch.asgi import FreezewatchMiddleware
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        time.sleep(0.6)  # pin: asgi-freeze
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    inner = FreezewatchMiddleware(app, request_id_header="x-req")
+    outer = FreezewatchMiddleware(inner)
+    outer.yields = True
+    sent: list[Any] = []
+
+    async def main() -> None:
+        freezewatch.install(dump_dir=str(dump_dir), **FAST)
+        await asyncio.sleep(0.1)
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": "/x",
+                 "headers": [(b"x-req", b"r-42"), (b"x-request-id", b"other")]}
+        await outer(scope, receive, send)
+        await asyncio.sleep(0.2)
+
+    asyncio.run(main())
+    from conftest import only_dump
+    from core_support import assert_frame_is, pin
+
+    doc = only_dump(dump_dir)
+    assert_frame_is(doc["blocking_frame"], pin(__file__, "asgi-freeze"))
+    assert [(u["name"], u.get("request_id")) for u in doc["inflight"]] == [("GET /x", "r-42")]
+    assert sent[0]["status"] == 200
