@@ -18,7 +18,7 @@ from ._handle import LoopWatch
 from ._sinks import metrics as _metrics
 from ._sinks.log import events
 from ._sinks.sdnotify import Notifier
-from ._sinks.serve import MetricsServer
+from ._sinks.serve import MetricsServer, Standby
 from ._snapshot import gcwatch
 from ._watchdog import Watchdog
 
@@ -45,8 +45,27 @@ def install(
         except RuntimeError:
             loop = None
     w = _install(loop, config, hooks)
+    if w.config is not config:  # an existing handle: its settings stay in force
+        _warn_ignored(w, config, settings)
     _autodetect_sinks()
     return w
+
+
+def _warn_ignored(w: LoopWatch, config: Config, settings: dict[str, Any]) -> None:
+    """A second install() for a watched loop returns the first handle: one
+    ``install_ignored`` warning names each explicit setting that differs."""
+    ignored = []
+    for name in sorted(settings):
+        if settings[name] is None:
+            continue
+        now, asked = getattr(w.config, name), getattr(config, name)
+        if now is not asked and now != asked:
+            ignored.append(f"{name}={asked!r} ignored ({name}={now!r} in force)")
+    if ignored:
+        events.emit(FreezeEvent(
+            "install_ignored", w.name, 0.0,
+            reason="this loop is watched already, with the first install()'s settings: "
+                   + "; ".join(ignored)), (), "warning")
 
 
 def _install(loop: asyncio.AbstractEventLoop | None, config: Config,
@@ -101,22 +120,62 @@ def _ensure_server(config: Config) -> None:
                 f"metrics_port {config.metrics_port} on {config.metrics_addr}: this process "
                 f"already serves metrics on {srv.addr}:{srv.port} (one server per process)")
         return
+    standby = _state.metrics_standby
+    if standby is not None and standby.is_alive() and (standby.addr, standby.port) == (
+            config.metrics_addr, config.metrics_port):
+        return  # found taken already; its standby keeps trying
     try:
         _state.metrics_server = MetricsServer(config.metrics_addr, config.metrics_port,
                                               config.registry)
     except OSError as e:
-        if e.errno == errno.EADDRINUSE and _metrics.multiprocess_dir():
-            # Multiprocess mode: any worker's server shows every worker's values,
-            # so the worker that bound the port first serves them all.
-            events.emit(FreezeEvent(
-                "metrics_server_skipped", config.name or "*", 0.0,
-                reason=f"{config.metrics_addr}:{config.metrics_port} is taken; in "
-                       f"multiprocess mode the process holding it serves every worker"),
+        if e.errno != errno.EADDRINUSE:
+            raise ValueError(
+                f"metrics_port {config.metrics_port} on metrics_addr {config.metrics_addr!r} "
+                f"cannot be bound: {e.strerror or e}") from None
+        _server_skipped(config)
+        return
+    if standby is not None:  # waiting for another port: this one serves now
+        standby.stop()
+        _state.metrics_standby = None
+
+
+def _server_skipped(config: Config) -> None:
+    """The port is taken (another worker of the same server, as a rule): this
+    process is watched all the same and serves no metrics; said once, counted."""
+    _state.count_error("metrics_server_skipped")
+    _metrics.server_skipped(config.registry)
+    where = f"{config.metrics_addr}:{config.metrics_port}"
+    if _metrics.multiprocess_dir():
+        # Multiprocess mode: any process's server shows every worker's values
+        # (and /healthz every worker's loops), so the one holding the port serves all.
+        why = (f"{where} is taken; in multiprocess mode the process holding it serves "
+               f"every worker's metrics and health")
+    else:
+        why = (f"{where} is taken (another worker?): this process is watched but its "
+               f"metrics are not served; set PROMETHEUS_MULTIPROC_DIR for multi-worker "
+               f"servers (docs/metrics.md)")
+    events.emit(FreezeEvent("metrics_server_skipped", config.name or "*", 0.0, reason=why),
+                (), "warning" if not _metrics.multiprocess_dir() else "info")
+    old = _state.metrics_standby
+    if old is not None:  # it waited for another port
+        old.stop()
+    _state.metrics_standby = Standby(config.metrics_addr, config.metrics_port,
+                                     config.registry, _took_over)
+
+
+def _took_over(srv: MetricsServer) -> bool:
+    """The standby bound the port (its holder is gone): this process serves now."""
+    with _state.lock:
+        current = _state.metrics_server
+        if (_state.watchdog is None or _state.metrics_standby is None
+                or (current is not None and current.is_alive())):
+            return False  # uninstalled meanwhile, or serving already
+        _state.metrics_standby = None
+        _state.metrics_server = srv
+    events.emit(FreezeEvent("metrics_server_started", "*", 0.0,
+                            reason=f"{srv.addr}:{srv.port} was free again: serving here"),
                 (), "info")
-            return
-        raise ValueError(
-            f"metrics_port {config.metrics_port} on metrics_addr {config.metrics_addr!r} "
-            f"cannot be bound: {e.strerror or e}") from None
+    return True
 
 
 def _running_here(loop: asyncio.AbstractEventLoop) -> bool:

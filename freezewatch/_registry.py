@@ -50,6 +50,9 @@ def stop_services() -> None:
     srv, _state.metrics_server = _state.metrics_server, None
     if srv is not None:
         srv.stop()
+    standby, _state.metrics_standby = _state.metrics_standby, None
+    if standby is not None:
+        standby.stop()
     notifier, _state.notifier = _state.notifier, None
     if notifier is not None:
         notifier.close()

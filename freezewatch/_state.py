@@ -38,6 +38,8 @@ last_dump_by_signature: dict[str, float] = {}
 """Rate limit: signature -> when (monotonic) a dump with it was last written."""
 metrics_server: Any = None
 """The /metrics + /healthz server thread (install(metrics_port=...)); one per process."""
+metrics_standby: Any = None
+"""Retries a metrics port another process held (``_sinks.serve.Standby``), or None."""
 notifier: Any = None
 """systemd watchdog pings (NOTIFY_SOCKET + WATCHDOG_USEC), fed by the watchdog thread."""
 inherited_loops: list[Any] = []
@@ -94,8 +96,10 @@ def count_error(where: str) -> int:
 def reset() -> None:
     """Forget everything (tests; after fork in the child). Does not stop threads."""
     global watchdog, dump_seq, metrics_server, notifier, gc_running, gc_last, extra_sinks
+    global metrics_standby
     watchdog = None
     metrics_server = None
+    metrics_standby = None
     notifier = None
     gc_running = gc_last = None
     extra_sinks = []

@@ -42,6 +42,12 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 REQUEST_ID_HEADER = "x-request-id"
 MAX_REQUEST_ID = 200
+SCOPE_MARK = "freezewatch.unit"
+"""Scope key set by the middleware that has the request, so a request is one
+unit: ``True`` from an app's own middleware (an inner one lets it through);
+the unit itself from the one ``freezewatch run`` adds outermost (``yields``),
+which an inner middleware of the app's own closes and replaces with its own
+settings (stall_after, request id header)."""
 
 
 def _route_namer(scope: Scope, method: str) -> Callable[[], str | None]:
@@ -82,10 +88,19 @@ class FreezewatchMiddleware:
         # as a rule; several when one app object serves loops in threads).
         self._ours: dict[asyncio.AbstractEventLoop, LoopWatch] = {}
         self._tried: set[asyncio.AbstractEventLoop] = set()  # loop thread writes only
+        self.yields = False
+        """Set by ``freezewatch run`` (``_autoname``): an inner middleware of the app's
+        own takes the request over."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http" or kind == "websocket":
+            outer = scope.get(SCOPE_MARK)
+            if outer is True or (outer is not None and self.yields):
+                await self.app(scope, receive, send)  # an outer middleware has this request
+                return
+            if outer is not None:  # freezewatch run's: the app's own settings win
+                close_unit(outer)
             if asyncio.get_running_loop() not in self._tried:
                 self._install()  # no lifespan (or it failed): install on first use
             method = scope.get("method", "WS")
@@ -99,6 +114,7 @@ class FreezewatchMiddleware:
                 await self.app(scope, receive, send)
                 return
             unit.namer = _route_namer(scope, method)
+            scope[SCOPE_MARK] = unit if self.yields else True
             try:
                 await self.app(scope, receive, send)
             finally:

@@ -29,7 +29,8 @@ LAYERS: list[set[str]] = [
      "_snapshot.holders", "_snapshot.jobs", "_snapshot.waitgraph", "_inflight", "_allow",
      "_html_timeline", "_html_detail"},
     # 2: the sinks and services; the layers outside the GIL
-    {"_sinks.report", "_sinks.log", "_sinks.metrics", "_sinks.health", "_sinks.serve",
+    {"_sinks.report", "_sinks.log", "_sinks.metrics", "_sinks.workers", "_sinks.health",
+     "_sinks.serve",
      "_sinks.sdnotify", "_sinks.dumpfile", "_sinks.retention", "_sinks.otel", "_sinks.sentry",
      "_sinks.dumpdir", "_config",
      "_faulthandler", "_sentinel"},
@@ -46,13 +47,13 @@ LAYERS: list[set[str]] = [
     # 8: install/uninstall
     {"_install", "otel", "sentry"},
     # 9: the public surface and the tools built on it
-    {"__init__", "__main__", "_autostart", "_runcmd", "_boot.sitecustomize", "aiohttp", "asgi",
-     "pytest_plugin", "cli", "_cli_report", "_report_html"},
+    {"__init__", "__main__", "_autostart", "_autoname", "_runcmd", "_boot.sitecustomize",
+     "aiohttp", "asgi", "pytest_plugin", "cli", "_cli_report", "_report_html"},
 ]
 
 THIRD_PARTY_HOMES = {
     "structlog": {"_sinks.log"},
-    "prometheus_client": {"_sinks.metrics", "_sinks.serve", "_install"},
+    "prometheus_client": {"_sinks.metrics", "_sinks.workers", "_sinks.serve", "_install"},
     "aiohttp": {"aiohttp"},
     "pytest": {"pytest_plugin"},
     "opentelemetry": {"_sinks.otel", "_snapshot.otel_context", "otel"},

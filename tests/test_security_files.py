@@ -23,8 +23,10 @@ from freezewatch._sinks import dumpdir, dumpfile, retention
 
 
 def _doc(kind: str = "freeze", pad: int = 0) -> dict[str, Any]:
+    # An ended freeze ("duration"): retention keeps the dump of a freeze still going on.
     return {"schema": "freezewatch/1", "kind": kind, "pid": os.getpid(), "detected_at": 0.0,
-            "blocked_for": 1.0, "threshold": 0.5, "loop": {"name": "x"}, "pad": "p" * pad}
+            "blocked_for": 1.0, "threshold": 0.5, "loop": {"name": "x"}, "pad": "p" * pad,
+            "duration": 1.5}
 
 
 def _freeze_once(dump_dir: Path) -> None:

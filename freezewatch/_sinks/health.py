@@ -14,12 +14,14 @@ module sits below them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 from .. import _state
 from .._events import FreezeEvent
 from . import metrics as _metrics
+from . import workers as _workers
 from .log import events
 
 
@@ -46,24 +48,39 @@ def after_round(watches: Sequence[Any], now: float) -> None:
 
 
 def healthz() -> tuple[bool, dict[str, Any]]:
-    """(healthy, JSON document) for /healthz."""
+    """(healthy, JSON document) for /healthz: this process's loops and, in
+    multiprocess mode, every other live worker's (each entry names its pid)."""
     wd = _state.watchdog
     watches = wd.watches if wd is not None else ()
+    me = os.getpid()
     loops: list[dict[str, Any]] = []
     frozen: list[dict[str, Any]] = []
+    limit, idle = 10.0, 2.0
     for w in watches:
+        limit, idle = w.config.liveness_limit, w.config.idle_beat_every
         if w.loop is None or w.closed:  # still waiting for its loop to start
             continue
         blocked, over = _frozen(w)
-        entry = {"loop": w.name, "blocked_seconds": round(blocked, 3),
+        entry = {"loop": w.name, "pid": me, "blocked_seconds": round(blocked, 3),
                  "liveness_limit": w.config.liveness_limit}
         loops.append(entry)
         if over:
             frozen.append(entry)
+    for entry in _workers.other_workers(limit, idle):
+        loops.append(entry)
+        if entry["blocked_seconds"] > entry["liveness_limit"]:
+            frozen.append(entry)
     if watches and (wd is None or not wd.is_alive()):
-        return False, {"status": "watchdog thread not running", "loops": loops}
+        return False, {"status": "watchdog thread not running", "pid": me, "loops": loops}
     if frozen:
-        names = ", ".join(f"{f['loop']} for {f['blocked_seconds']:g} s" for f in frozen)
-        return False, {"status": "frozen", "detail": f"loop frozen: {names}",
+        names = ", ".join(f"{f['loop']} (pid {f['pid']}) for {f['blocked_seconds']:g} s"
+                          for f in frozen)
+        return False, {"status": "frozen", "pid": me, "detail": f"loop frozen: {names}",
                        "frozen": frozen, "loops": loops}
-    return True, {"status": "ok", "loops": loops}
+    doc: dict[str, Any] = {"status": "ok", "pid": me, "loops": loops}
+    if not loops and not _metrics.multiprocess_dir():
+        # A supervisor (freezewatch run -- uvicorn --workers N) holds the port but
+        # runs no loop: say so rather than let "ok" speak for the workers.
+        doc["note"] = ("this process runs no watched loop; for the workers of a "
+                       "multi-process server set PROMETHEUS_MULTIPROC_DIR")
+    return True, doc

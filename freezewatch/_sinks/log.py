@@ -71,11 +71,12 @@ class EventSink:
                 item.set()
                 continue
             event, hooks, level, rep = item
-            log = _logger()
             try:
+                log = _logger()
                 getattr(log, level)(event.event, **_log_fields(event))
-            except Exception:  # boundary: the application's logging config
+            except Exception:  # boundary: the application's logging config, a closed stderr
                 self.failures += 1
+                log = _NullLog()
             for hook in hooks:
                 try:
                     hook(event)
@@ -116,6 +117,13 @@ class EventSink:
         self._thread = None
 
 
+class _NullLog:
+    """Where events go when no logger could be made (stderr closed): nowhere."""
+
+    def error(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
 def _log_fields(event: FreezeEvent) -> dict[str, object]:
     """The event's fields, plus the contract's names for its seconds: ``duration``
     on ``*_ended`` events, ``blocked_for`` on the others (``seconds`` stays too).
@@ -145,6 +153,8 @@ def _logger() -> Any:
         # format and level apply. The message is the event and its fields.
         return structlog.wrap_logger(std, processors=[_plain],
                                      wrapper_class=structlog.BoundLogger)
+    if getattr(err, "closed", False):  # a helper process closed it: nowhere to write
+        raise ValueError("stderr is closed")
     colors = bool(getattr(err, "isatty", lambda: False)()) and "NO_COLOR" not in os.environ
     return structlog.wrap_logger(
         structlog.PrintLogger(err),

@@ -17,6 +17,12 @@ the watchdog thread is busy writing a dump; in multiprocess mode a function
 gauge is invisible to the aggregating collector (it reads only the value
 files), so the watchdog thread also ``set()``s it every round, which is the
 value multiprocess scrapes see (at most one ``interval`` old).
+
+Which worker: ``worker_loop_blocked_seconds`` is the same value with a
+``pid`` label, one series per live process (multiprocess mode: "liveall",
+prometheus-client adds the pid); no other metric has a pid, so restarts add
+no series. ``metrics_server_skipped_total`` counts processes that found the
+port taken (``_install``).
 """
 
 from __future__ import annotations
@@ -65,6 +71,11 @@ class _Family:
     dumps: Counter
     dump_failures: Counter
     stalls: Counter
+    worker_blocked: Gauge
+    server_skipped: Counter
+    pid_label: bool
+    """``worker_blocked`` has our own ``pid`` label (created single-process);
+    in multiprocess mode prometheus-client adds it."""
 
 
 @dataclass
@@ -82,6 +93,7 @@ class _Bound:
     dumps: Any
     dump_failures: Any
     stalls: Any
+    worker_blocked: Any
     tasks_sampled_at: float = float("-inf")
     multiprocess: bool = False
     """Multiprocess mode when bound: the watchdog must store the blocked gauge."""
@@ -141,6 +153,19 @@ def family(registry: CollectorRegistry | None = None) -> _Family:
             stalls=Counter(PREFIX + "stalls_total",
                            "watch() units of work still open after their stall_after.",
                            labels, registry=reg),
+            # Which worker: one series per live process (and loop). Multiprocess
+            # mode adds the pid label itself ("liveall"), dropped when the worker
+            # is marked dead; a single process labels its own series.
+            worker_blocked=Gauge(PREFIX + "worker_loop_blocked_seconds",
+                                 "Seconds the loop has been frozen right now, per "
+                                 "process (pid).",
+                                 labels if multiprocess_dir() else ("loop", "pid"),
+                                 registry=reg, multiprocess_mode="liveall"),
+            server_skipped=Counter(PREFIX + "metrics_server_skipped_total",
+                                   "Processes that found metrics_port taken and serve no "
+                                   "metrics themselves (another worker does).",
+                                   registry=reg),
+            pid_label=not multiprocess_dir(),
         )
         _families[reg] = fam
         return fam
@@ -168,6 +193,7 @@ def bind(w: Any) -> _Bound:
             fam.freeze_duration.labels(name), fam.blocked.labels(name),
             fam.last_heartbeat.labels(name), fam.tasks.labels(name), fam.dumps.labels(name),
             fam.dump_failures.labels(name), fam.stalls.labels(name),
+            _worker_child(fam, name),
             multiprocess=multiprocess_dir() is not None,
         )
         # Scrape-time value (single process); the watchdog's set() below is
@@ -175,10 +201,22 @@ def bind(w: Any) -> _Bound:
         # not keep an uninstalled handle alive.
         ref = weakref.ref(w)
         nb.blocked.set_function(lambda: _blocked_now(ref))
+        nb.worker_blocked.set_function(lambda: _blocked_now(ref))
         if b is not None and b.name != name:
             _remove_gauges(b)
         _state.metric_children[w] = nb
     return nb
+
+
+def _worker_child(fam: _Family, name: str) -> Any:
+    if not fam.pid_label:
+        return fam.worker_blocked.labels(name)
+    return fam.worker_blocked.labels(name, str(os.getpid()))
+
+
+def server_skipped(registry: Any) -> None:
+    """This process found metrics_port taken (install time)."""
+    family(registry).server_skipped.inc()
 
 
 def _blocked_now(ref: weakref.ref[Any]) -> float:
@@ -192,6 +230,11 @@ def _remove_gauges(b: _Bound) -> None:
     for g in (b.family.blocked, b.family.last_heartbeat, b.family.tasks):
         with contextlib.suppress(KeyError):  # never had a value
             g.remove(b.name)
+    with contextlib.suppress(KeyError, ValueError):
+        if not b.family.pid_label:
+            b.family.worker_blocked.remove(b.name)
+        else:
+            b.family.worker_blocked.remove(b.name, str(os.getpid()))
 
 
 def forget(w: Any) -> None:
@@ -202,6 +245,8 @@ def forget(w: Any) -> None:
             _remove_gauges(b)
             if multiprocess_dir():  # the value file keeps the last value: make it 0
                 b.blocked.set(0.0)
+                b.worker_blocked.set(0.0)
+                b.last_heartbeat.set(0.0)  # not watched: not "silent" (see _sinks.workers)
 
 
 def after_fork() -> None:
@@ -221,6 +266,7 @@ def sample(w: Any, now: float) -> None:
     blocked = w.blocked_for()
     if b.multiprocess:  # single process: the function gauge is exact
         b.blocked.set(blocked)
+        b.worker_blocked.set(blocked)
     if now - b.tasks_sampled_at >= TASKS_SAMPLE_EVERY and blocked == 0.0:
         b.tasks_sampled_at = now
         from .._snapshot.tasks import all_tasks
@@ -246,6 +292,7 @@ def freeze_ended(w: Any, seconds: float) -> None:
     b.freeze_duration.observe(seconds)
     b.last_heartbeat.set(time.time())
     b.blocked.set(0.0)
+    b.worker_blocked.set(0.0)
 
 
 def stall_detected(w: Any) -> None:

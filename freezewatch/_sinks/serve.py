@@ -207,6 +207,40 @@ class MetricsServer:
         self._httpd.socket.close()
 
 
+class Standby:
+    """A process that found the port taken keeps trying it, every ``RETRY`` s: when
+    the worker holding it exits (a restart, a crash), another takes over, so the
+    port does not stay unserved while workers live. ``on_bound`` receives the
+    server (it becomes the process's one server); the thread then ends."""
+
+    RETRY = 5.0
+
+    def __init__(self, addr: str, port: int, registry: Any,
+                 on_bound: Callable[[MetricsServer], bool]) -> None:
+        self.addr, self.port, self.registry = addr, port, registry
+        self._on_bound = on_bound
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=THREAD_NAME + "-standby",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.RETRY):
+            try:
+                srv = MetricsServer(self.addr, self.port, self.registry)
+            except OSError:
+                continue  # still taken (or briefly unbindable): try again later
+            if self._stop.is_set() or not self._on_bound(srv):
+                srv.stop()  # stopped meanwhile (uninstalled, another port asked for)
+            return
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 def _close(conn: socket.socket) -> None:
     with contextlib.suppress(OSError):
         conn.close()
