@@ -1,0 +1,200 @@
+"""The sentinel writes the dump of a freeze no Python thread can see, while it lasts.
+
+Each test runs the application in a subprocess (tests/gil_app.py) and watches
+its dump directory from outside: a GIL-held freeze must leave its dump
+before the blocking call returns, and a process killed in it must leave one
+too. Also: a process stopped by someone else stays stopped; freezewatch's
+signal is sent only while its disposition is still freezewatch's.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import assert_contract, dumps, wait_for
+from core_support import pin
+from test_gil import _calibrate
+
+APP = Path(__file__).with_name("gil_app.py")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux: /proc")
+
+
+def _start(tmp_path: Path, mode: str, arg: int) -> tuple[subprocess.Popen[str], Path]:
+    dump_dir = tmp_path / "dumps"
+    env = {**os.environ, "PYTHONWARNINGS": "error"}
+    proc = subprocess.Popen([sys.executable, str(APP), str(dump_dir), mode, str(arg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    return proc, dump_dir
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float = 60) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise
+    return out
+
+
+def _sentinel_dump_before_return(tmp_path: Path, mode: str, arg: int, marker: str,
+                                 watchdog_may_see: bool = False) -> dict[str, Any]:
+    """Run ``mode``; the sentinel's dump must exist before the call returned; it is
+    pinned on the line marked ``marker`` in gil_app.py, and completed afterwards.
+
+    ``watchdog_may_see``: the call lets Python run now and then (a garbage
+    collection inside ``json.loads`` calls freezewatch's gc hook, and the
+    watchdog gets the GIL there): the watchdog may see the freeze live and
+    write the dump itself, before the call returns too."""
+    proc, dump_dir = _start(tmp_path, mode, arg)
+    markers = tmp_path / "markers"
+    first: list[Path] = []
+    try:
+        wait_for(lambda: (markers / "started").exists(), 30, 0.01)
+        got = wait_for(lambda: dumps(dump_dir, "freeze-") or (
+            "returned" if (markers / "returned").exists() else None), 30, 0.01)
+        first = got if isinstance(got, list) else dumps(dump_dir, "freeze-")
+        returned_before = (markers / "returned").exists()
+        early = json.loads(first[0].read_text()) if first else {}
+    finally:
+        out = _finish(proc)
+    assert proc.returncode == 0, out
+    assert first, f"no dump before the call returned: {out}"
+    if returned_before:
+        took = float((markers / "returned").read_text()) - float(
+            (markers / "started").read_text())
+        pytest.fail(f"the call returned ({took:.2f} s) before any dump was written")
+    file, line, code = pin(str(APP), marker)
+    if watchdog_may_see and "written_by" not in early:
+        assert early["app_frame"]["line"] == line and early["app_frame"]["code"] == code, out
+        doc = assert_contract(first[0])
+        assert doc["duration"] > 0.3
+        return doc
+    assert early.get("written_by") == "sentinel" and early["complete"] is False, out
+    assert early["gil_held"] is True
+    assert (early["blocking_frame"]["file"], early["blocking_frame"]["line"]) == (file, line)
+    assert early["blocking_frame"]["code"] == code and early["app_frame"]["line"] == line
+    assert early["kernel"]["state"] and early["kernel"]["read_by"] == "sentinel"
+    (path,) = dumps(dump_dir, "freeze-")
+    assert path.name == first[0].name  # completed under the same name, no second dump
+    doc = assert_contract(path)
+    if "process_suspended" in out:
+        pytest.skip("the machine was overloaded: the watchdog voided the freeze (re-run)")
+    assert doc["complete"] is True and doc["duration"] > 0.3, out
+    assert doc["tasks"] and doc["blocking_frame"]["line"] == line
+    assert doc["detected_at"] == early["detected_at"]
+    return doc
+
+
+@pytest.mark.timeout(40)
+def test_regex_dump_is_written_while_it_holds_the_gil(tmp_path: Path) -> None:
+    n = len(_calibrate(3.0)) - 1
+    doc = _sentinel_dump_before_return(tmp_path, "regex", n, "regex")
+    assert doc["cause"] == "GIL held"
+
+
+@pytest.mark.timeout(60)
+def test_gc_collect_dump_is_written_while_it_holds_the_gil(tmp_path: Path) -> None:
+    """A full collection of a heap sized here to take >= 1.5 s (adaptive: the machine
+    decides how many objects that is, at most 8 M)."""
+    per = [{"a": []} for _ in range(500_000)]
+    t0 = time.perf_counter()
+    gc.collect()
+    took = time.perf_counter() - t0
+    del per
+    n = min(8_000_000, int(500_000 * 1.5 / max(took, 1e-3)))
+    if n * took / 500_000 < 1.0:
+        pytest.skip(f"a collection of 8 M objects would take only {n * took / 5e5:.2f} s")
+    _sentinel_dump_before_return(tmp_path, "gc", n, "gc")
+
+
+@pytest.mark.timeout(60)
+def test_json_loads_dump_is_written_while_it_holds_the_gil(tmp_path: Path) -> None:
+    """``json.loads`` of a document sized here to take >= 1.5 s."""
+    doc = json.dumps([[i, str(i), {"k": i}] for i in range(100_000)])
+    t0 = time.perf_counter()
+    json.loads(doc)
+    took = time.perf_counter() - t0
+    n = min(3_000_000, int(100_000 * 1.5 / max(took, 1e-3)))
+    _sentinel_dump_before_return(tmp_path, "json", n, "json", watchdog_may_see=True)
+
+
+@pytest.mark.timeout(40)
+def test_killed_in_an_endless_gil_freeze_leaves_its_dump(tmp_path: Path) -> None:
+    """A regex that would run for hours, SIGKILLed 6 s after it started: the dump is
+    there, pinned, incomplete, and conforms."""
+    proc, dump_dir = _start(tmp_path, "regex", 40)
+    markers = tmp_path / "markers"
+    try:
+        wait_for(lambda: (markers / "started").exists(), 30, 0.01)
+        time.sleep(6.0)
+    finally:
+        proc.kill()
+        _finish(proc)
+    (path,) = dumps(dump_dir, "freeze-")
+    doc = assert_contract(path)
+    file, line, _ = pin(str(APP), "regex")
+    assert (doc["blocking_frame"]["file"], doc["blocking_frame"]["line"]) == (file, line)
+    assert doc["complete"] is False and doc["gil_held"] is True
+    assert doc["native"]["ok"], doc["native"]["error"]  # py-spy's stack was added
+    assert "duration" not in doc
+    assert path.with_suffix(".txt").read_text().startswith("FREEZE: event loop 'MainThread'")
+
+
+def _state_of(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()[0].decode()
+
+
+@pytest.mark.timeout(40)
+def test_a_stopped_process_stays_stopped(tmp_path: Path) -> None:
+    """SIGSTOP for 4 s: the process is in state T all along (polled every 50 ms from
+    here), and no freeze dump is written."""
+    proc, dump_dir = _start(tmp_path, "idle", 8)
+    markers = tmp_path / "markers"
+    try:
+        wait_for(lambda: (markers / "started").exists(), 30, 0.01)
+        time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGSTOP)
+        wait_for(lambda: _state_of(proc.pid) == "T", 5, 0.01)
+        seen = set()
+        end = time.monotonic() + 4.0
+        while time.monotonic() < end:
+            seen.add(_state_of(proc.pid))
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGCONT)
+    finally:
+        out = _finish(proc)
+    assert seen == {"T"}, f"states seen while stopped: {seen}"
+    assert proc.returncode == 0, out
+    assert dumps(dump_dir, "freeze-") == []
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("mode", ["sigdfl", "own"])
+def test_a_signal_no_longer_ours_is_never_sent(mode: str, tmp_path: Path) -> None:
+    """The app resets freezewatch's signal to SIG_DFL (a send would kill it), or takes it
+    with its own handler, after install(); then a regex holds the GIL: the process is
+    not killed, its handler is never called, and the freeze is still dumped (py-spy)."""
+    n = len(_calibrate(2.5)) - 1
+    proc, dump_dir = _start(tmp_path, mode, n)
+    out = _finish(proc)
+    assert proc.returncode == 0, out  # not "Real-time signal 27" (exit 189 / -61)
+    assert "faulthandler_conflict" in out and "after install()" in out
+    if mode == "own":
+        assert "@@ own handler called 0 times" in out
+    (path,) = dumps(dump_dir, "freeze-")
+    doc = assert_contract(path)
+    file, line, _ = pin(str(APP), "regex")
+    assert (doc["blocking_frame"]["file"], doc["blocking_frame"]["line"]) == (file, line)
+    assert doc["captured_by"] == "py-spy (sentinel)"
