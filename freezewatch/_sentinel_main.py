@@ -289,7 +289,7 @@ def main(argv: list[str]) -> int:
     def still(count: int) -> bool:  # no beat since ``count``: the watchdog is still silent
         return int(struct.unpack_from("<Q", mm, 0)[0]) == count
 
-    def busy(flag: int, on: bool) -> None:
+    def busy(flag: int, on: bool) -> None:  # flag 32: py-spy or a dump write; 40: signals
         struct.pack_into("<Q", mm, flag, 1 if on else 0)
 
     def native_now() -> dict[str, object]:
@@ -346,9 +346,8 @@ def main(argv: list[str]) -> int:
                 if text:
                     dumper.captured(text)
             if signalled and silence >= threshold / 2:
-                # Silent for a threshold, still blocked, the loop still in the
-                # call it was captured in: the dump, now (the watchdog waits on
-                # flag 32 before it looks for it).
+                # Silent for a threshold, still blocked, the loop still in the call
+                # it was captured in: the dump, now (the watchdog waits on flag 32).
                 busy(32, True)
                 try:
                     open_ = struct.unpack_from("<Q", mm, _OPEN)[0] == 1
