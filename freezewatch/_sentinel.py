@@ -6,7 +6,7 @@ The sentinel is a separate, tiny process (this file run as a script with
 ``python -I -S``: standard library only, no site, no freezewatch import)
 started by the watchdog thread on its first round, one per process.
 
-Shared state is a 256-byte page of anonymous shared memory (``memfd``)
+Shared state is a 512-byte page of anonymous shared memory (``memfd``)
 mapped by both sides:
 
     offset 0   u64  heartbeat counter, bumped by the watchdog every round
@@ -21,6 +21,19 @@ mapped by both sides:
     offset 56  u64  number of loop threads (at most MAX_LOOPS)
     offset 64  u64  signal rounds completed by the sentinel
     offset 72  MAX_LOOPS x (u64 thread ident, u64 native id)
+    offset 200 u64  1 while the faulthandler signal is still ours (checked by
+                    the watchdog each round: ``_sigcheck.Claim``); 0: never send
+    offset 208 u64  the last dump sequence number taken (``SharedSeq``)
+    offset 216 u64  generation of ``config.json`` (what the sentinel needs to
+                    write dumps: loops, thresholds, dump directories)
+    offset 224 u64  dumps written by the sentinel
+    offset 232 u64  1 while the watchdog has a freeze open (it writes those dumps)
+    offset 256 MAX_LOOPS x u64: each loop's last answered heartbeat
+
+The sentinel writes the dump of a freeze no Python thread can see
+(``_sentinel_freeze``, ``_sentinel_dump``; docs/native.md "The dump is on
+disk while the freeze lasts") and says where in ``dump.json``; the watchdog
+completes that file when it runs again (``dump_of``).
 
 The sentinel wakes every ``threshold / 2`` s (0.05 to 0.5 s). When the
 counter has not moved for half the threshold and ``/proc`` shows the

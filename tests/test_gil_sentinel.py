@@ -198,3 +198,68 @@ def test_a_signal_no_longer_ours_is_never_sent(mode: str, tmp_path: Path) -> Non
     file, line, _ = pin(str(APP), "regex")
     assert (doc["blocking_frame"]["file"], doc["blocking_frame"]["line"]) == (file, line)
     assert doc["captured_by"] == "py-spy (sentinel)"
+
+
+def test_stale_sentinel_directories_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    from freezewatch._sentinel import remove_stale_dirs
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"freezewatch-sentinel-{dead.pid}-{'ab' * 6}"
+    alive = tmp_path / f"freezewatch-sentinel-{os.getppid()}-{'cd' * 6}"
+    other = tmp_path / f"freezewatch-sentinel-{dead.pid}-nothex"
+    for d in (stale, alive, other):
+        d.mkdir()
+        (d / "native.json").write_text("{}")
+    link = tmp_path / f"freezewatch-sentinel-{dead.pid}-{'ef' * 6}"
+    link.symlink_to(alive)
+    assert remove_stale_dirs(str(tmp_path)) == 1
+    assert not stale.exists() and alive.exists() and other.exists()
+    assert link.is_symlink() and (alive / "native.json").exists()  # never followed
+
+
+def test_shared_sequence_numbers_never_repeat() -> None:
+    import mmap
+
+    from freezewatch import _sentinel_main
+    from freezewatch._sentinel import SharedSeq
+
+    mm = mmap.mmap(-1, _sentinel_main._SIZE)
+    seq = SharedSeq(mm, 6)
+    got = [next(seq), _sentinel_main._take_seq(mm), next(seq), _sentinel_main._take_seq(mm)]
+    assert got == [7, 8, 9, 10] and seq.last() == 10
+
+
+def test_sentinel_dump_never_replaces_a_file_it_did_not_write(tmp_path: Path) -> None:
+    """A name taken meanwhile (by the watchdog) is skipped; the pair conforms."""
+    from freezewatch import _sentinel_dump
+
+    d = tmp_path / "dumps"
+    d.mkdir(mode=0o700)
+    doc = {"kind": "freeze", "detected_at": time.time(), "pid": os.getpid()}
+    taken = _sentinel_dump.dump_name("freeze", doc["detected_at"], os.getpid(), 1)
+    (d / f"{taken}.txt").write_text("the watchdog's\n")
+    seqs = iter([1, 2])
+    full = {**doc, "schema": "freezewatch/1", "hostname": "h", "python": "3",
+            "loop": {"name": "l", "thread_id": 1, "thread_name": "t"}, "blocked_for": 1.0,
+            "threshold": 0.5, "blocking_frame": {"file": "/a.py", "line": 3, "function": "f",
+                                                 "code": None},
+            "app_frame": None, "loop_thread": {"frames": []}, "current_task": None,
+            "tasks": [], "threads": [], "inflight": [], "native": _sentinel_dump.PENDING,
+            "cause": "GIL held", "kernel_summary": "x", "gil_held": True,
+            "captured_by": "faulthandler", "complete": False}
+    path = _sentinel_dump.write_pair(str(d), full, lambda: next(seqs))
+    assert path.endswith("-0002.json")
+    assert (d / f"{taken}.txt").read_text() == "the watchdog's\n"
+    assert_contract(path)
+    assert not [p for p in d.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_sentinel_reads_pyspy_output_bounded() -> None:
+    from freezewatch import _sentinel_dump, _sentinel_main
+
+    argv = [sys.executable, "-c", "import sys; sys.stdout.write('x' * 3_000_000)"]
+    code, out, _err, over = _sentinel_main._run_pyspy(argv, 10.0, os.getpid())
+    assert code == 0 and over and len(out) == _sentinel_main.MAX_OUTPUT
+    nat = _sentinel_dump.native(code, out, "", 10.0, over)
+    assert nat["ok"] is False and "exceeded" in nat["error"] and nat["text"] is None
