@@ -72,9 +72,7 @@ import itertools
 import json
 import mmap
 import os
-import re
 import shutil
-import stat
 import struct
 import subprocess
 import sys
@@ -93,11 +91,11 @@ from ._sentinel_main import (
     _OK_TO_SIGNAL,
     _OPEN,
     _PAIR,
-    _SEQ,
     _SIZE,
     MAX_LOOPS,
     RESULT,
 )
+from ._sentinel_share import SharedSeq, remove_stale_dirs
 from ._snapshot.native import allow_ptracer, pyspy_argv
 
 _MAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sentinel_main.py")
@@ -124,58 +122,6 @@ def unavailable_reason(pyspy: str | None, signal_fd: int) -> str | None:
         return ("py-spy not found (pip install py-spy) and the faulthandler layer is off: "
                 "the sentinel has nothing to do")
     return None
-
-
-_STALE = re.compile(r"^freezewatch-sentinel-(\d+)-[0-9a-f]{12}$")
-
-
-def remove_stale_dirs(tmp: str) -> int:
-    """Remove the private directories of sentinels whose parent is gone (a process
-    group SIGKILLed leaves them behind); only ours (owner), never through a link."""
-    removed = 0
-    try:
-        names = os.listdir(tmp)
-    except OSError:
-        return 0
-    for name in names:
-        m = _STALE.match(name)
-        if m is None or int(m.group(1)) == os.getpid():
-            continue
-        path = os.path.join(tmp, name)
-        try:
-            st = os.lstat(path)
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-                continue
-            os.kill(int(m.group(1)), 0)
-            continue  # its process still runs
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-            removed += 1
-        except OSError:
-            continue
-    return removed
-
-
-class SharedSeq:
-    """Dump sequence numbers taken from the shared page, so that the sentinel's dumps
-    and the watchdog's never share a name (``_state.dump_seq`` while a sentinel runs).
-    Both sides add one to the same counter; the sentinel also links its new files
-    into place, never over a name that exists (``_sentinel_dump``)."""
-
-    def __init__(self, mm: mmap.mmap, last: int) -> None:
-        self._mm = mm
-        struct.pack_into("<Q", mm, _SEQ, last)
-
-    def __iter__(self) -> SharedSeq:
-        return self
-
-    def __next__(self) -> int:
-        n = int(struct.unpack_from("<Q", self._mm, _SEQ)[0]) + 1
-        struct.pack_into("<Q", self._mm, _SEQ, n)
-        return n
-
-    def last(self) -> int:
-        return int(struct.unpack_from("<Q", self._mm, _SEQ)[0])
 
 
 def _usable(pyspy: str | None) -> bool:

@@ -201,7 +201,7 @@ def test_a_signal_no_longer_ours_is_never_sent(mode: str, tmp_path: Path) -> Non
 
 
 def test_stale_sentinel_directories_of_dead_processes_are_removed(tmp_path: Path) -> None:
-    from freezewatch._sentinel import remove_stale_dirs
+    from freezewatch._sentinel_share import remove_stale_dirs
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -222,7 +222,7 @@ def test_shared_sequence_numbers_never_repeat() -> None:
     import mmap
 
     from freezewatch import _sentinel_main
-    from freezewatch._sentinel import SharedSeq
+    from freezewatch._sentinel_share import SharedSeq
 
     mm = mmap.mmap(-1, _sentinel_main._SIZE)
     seq = SharedSeq(mm, 6)

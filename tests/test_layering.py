@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"_sinks.report", "_sinks.log", "_sinks.metrics", "_sinks.health", "_sinks.serve",
      "_sinks.sdnotify", "_sinks.dumpfile", "_sinks.retention", "_sinks.otel", "_sinks.sentry",
      "_sinks.dumpdir", "_config",
-     "_faulthandler", "_sentinel"},
+     "_faulthandler", "_sentinel", "_sentinel_share"},
     # 3: what the handle and the watchdog share
     {"_gil", "_registry"},
     # 4: the handle
