@@ -54,6 +54,7 @@ class Loop:
         self.updates = 0
         self.start = 0.0
         """When (monotonic) the silence in which it was dumped began."""
+        self.refreshed = 0.0
         self.answered: int | None = None
         """The loop's last answered heartbeat when it was dumped: the same freeze
         goes on (over the watchdog's beats) until that moves."""
@@ -137,6 +138,22 @@ class Dumper:
                 lp.cpu0, lp.at = dump.thread_cpu(self.parent, lp.tid), time.monotonic()
                 self._write(lp, "freeze", nat, silence)
 
+    def refresh(self, every: float = 1.0) -> float | None:
+        """While a freeze goes on, its dump's ``blocked_for`` grows (rewritten at most
+        every ``every`` s): a process killed in it shows how long it had lasted.
+        Returns when (monotonic) the next refresh is due, if any."""
+        now = time.monotonic()
+        due = []
+        for lp in self.loops.values():
+            if lp.doc is None or lp.stem is None:
+                continue
+            if now - lp.refreshed >= every:
+                lp.refreshed = now
+                lp.doc["blocked_for"] = round(now - lp.start, 6)
+                self._rewrite(lp)
+            due.append(lp.refreshed + every)
+        return min(due) if due else None
+
     def next_update(self) -> float | None:
         """When (monotonic) the next freeze-update of a dumped loop is due, if any."""
         due = [lp.start + sched[lp.updates] for lp in self.loops.values()
@@ -211,6 +228,7 @@ class Dumper:
             return
         lp.doc, lp.stem = doc, os.path.basename(lp.path)[: -len(".json")]
         lp.start, lp.answered = self.start, self.answered(lp.ident)
+        lp.refreshed = time.monotonic()
         self.written += 1
         self._report.append({"ident": lp.ident, "path": lp.path, "since": self.start,
                              "taken_at": time.monotonic(), "detected_at": doc["detected_at"]})

@@ -241,8 +241,7 @@ def _next_wait(now: float, poll: float, *dues: float | None) -> float:
 
 def _take_seq(mm: mmap.mmap) -> int:
     """The next dump sequence number, shared with the watchdog (``_sentinel.SharedSeq``)."""
-    n = int(struct.unpack_from("<Q", mm, _SEQ)[0]) + 1
-    struct.pack_into("<Q", mm, _SEQ, n)
+    struct.pack_into("<Q", mm, _SEQ, n := int(struct.unpack_from("<Q", mm, _SEQ)[0]) + 1)
     return n
 
 
@@ -292,13 +291,13 @@ def main(argv: list[str]) -> int:
     def busy(flag: int, on: bool) -> None:  # flag 32: py-spy or a dump write; 40: signals
         struct.pack_into("<Q", mm, flag, 1 if on else 0)
 
-    def native_now() -> dict[str, object]:
-        busy(32, True)
+    def native_now() -> tuple[dict[str, object], dict[str, object]]:
+        busy(32, True)  # the caller clears it
         taken_at = time.monotonic()
         code, out, err, over = _run_pyspy(pyspy, limit, parent)
-        return {"taken_at": taken_at, "ended_at": time.monotonic(), "code": code,
-                "silent_for": taken_at - quiet_until, "stdout": out, "stderr": err,
-                "limit": limit, "over": over}
+        return ({"taken_at": taken_at, "ended_at": time.monotonic(), "code": code,
+                 "silent_for": taken_at - quiet_until, "stdout": out, "stderr": err,
+                 "limit": limit, "over": over}, helpers.dump.native(code, out, err, limit, over))
 
     try:
         while True:
@@ -360,9 +359,7 @@ def main(argv: list[str]) -> int:
                 # trace now, while whatever holds the GIL still holds it.
                 pyspy_done = True
                 try:
-                    result = native_now()
-                    nat = helpers.dump.native(result["code"], result["stdout"],
-                                              result["stderr"], limit, result["over"])
+                    result, nat = native_now()
                     if still(count):  # into the sentinel's dumps, before the watchdog looks
                         dumper.native(nat, time.monotonic() - quiet_until,
                                       struct.unpack_from("<Q", mm, _OPEN)[0] != 1)
@@ -371,18 +368,21 @@ def main(argv: list[str]) -> int:
                     struct.pack_into("<Q", mm, 24, captures)
                 finally:
                     busy(32, False)
+            busy(32, True)
+            try:
+                refresh = dumper.refresh() if still(count) else None
+            finally:
+                busy(32, False)
             due = dumper.next_update()
             if due is not None and time.monotonic() >= due and still(count):
                 text = signaller.dump(signal_fd, _loops(mm), mm) if signaller else ""
-                nat = None
+                fresh: dict[str, object] | None = None
                 if pyspy:
                     try:
-                        result = native_now()
+                        fresh = native_now()[1]
                     finally:
                         busy(32, False)
-                    nat = helpers.dump.native(result["code"], result["stdout"],
-                                              result["stderr"], limit, result["over"])
-                dumper.update(text, nat)
+                dumper.update(text, fresh)
                 due = dumper.next_update()
             struct.pack_into("<Q", mm, _DUMPS, dumper.written)
             now = time.monotonic()
@@ -391,7 +391,7 @@ def main(argv: list[str]) -> int:
                 quiet_until + max(threshold, MIN_SILENCE) if pyspy and not pyspy_done else None,
                 quiet_until + threshold if signalled and not any(
                     lp.path for lp in dumper.loops.values()) and now < quiet_until + threshold
-                else None, due)
+                else None, due, refresh)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 

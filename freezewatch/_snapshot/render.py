@@ -129,6 +129,9 @@ def render(doc: dict[str, Any]) -> str:
     )
     if "duration" in doc:
         lines.append(f"  the freeze ended after {_secs(doc['duration'])} in all")
+    if doc.get("complete") is False:
+        lines.append("  written by the sentinel during the freeze; the process did not run "
+                     "again to complete it (no tasks, threads or requests)")
     if kind == "freeze-update":
         moved = doc.get("frame_moved")
         lines.append(
@@ -176,7 +179,8 @@ def render(doc: dict[str, Any]) -> str:
     if len(units) > len(shown):
         lines.append(f"In flight:   ... {len(units) - len(shown)} more in the .json")
     if doc.get("gil_held"):
-        lines.append("GIL:         held during the freeze (captured by faulthandler)")
+        by = doc.get("captured_by") or "faulthandler"
+        lines.append(f"GIL:         held during the freeze (captured by {by})")
     lines.append("")
 
     if kind == "stall":
