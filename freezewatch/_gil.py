@@ -15,6 +15,7 @@ turns the captures into a normal freeze dump:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tempfile
@@ -26,6 +27,7 @@ from . import _state
 from ._events import FreezeEvent
 from ._faulthandler import SIGNAL, Capture, SignalDump
 from ._sentinel import Sentinel
+from ._sinks import dumpdir
 from ._sinks.log import events
 from ._snapshot.capture import _HOST, _PY
 from ._snapshot.frames import _LIBRARY, _PKG_DIR, app_frame, source_line
@@ -128,6 +130,26 @@ class GilLayers:
                           if (code := w.idle_code) else None})
         self.sentinel.configure({"loops": loops, "hostname": _HOST, "python": _PY,
                                  "libs": list(_LIBRARY), "pkg": _PKG_DIR})
+
+    def discard_sentinel_dumps(self, since: float, idents: Sequence[int | None]) -> None:
+        """The watchdog explained a silence (an overloaded machine, a suspended
+        process): never a freeze, so a dump the sentinel wrote in it is removed."""
+        sp = self.sentinel
+        if sp.proc is None or not sp.dumps_written():
+            return
+        for ident in idents:
+            got = sp.dump_of(ident, since, wait=sp.limit + 2.0)
+            if got is None:
+                continue
+            directory, name = os.path.split(got[0])
+            with contextlib.suppress(OSError):
+                fd = dumpdir.open_dir(directory, create=False)
+                try:
+                    for n in (name, name[: -len(".json")] + ".txt"):
+                        if dumpdir.is_our_file(fd, n):
+                            os.unlink(n, dir_fd=fd)
+                finally:
+                    os.close(fd)
 
     def sentinel_dump(self, since: float, ident: int | None) -> tuple[str, float] | None:
         """The dump the sentinel wrote for the loop on thread ``ident`` during the

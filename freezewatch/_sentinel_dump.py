@@ -191,10 +191,11 @@ def kernel(parent: int, tid: int, cpu0: float | None, window: float) -> dict[str
     return view
 
 
-def thread_cpu(parent: int, tid: int) -> float | None:
+def thread_cpu(parent: int, tid: int, field: int = 0) -> float | None:
+    """Seconds a thread of ``parent`` ran (``field`` 0) or waited for a CPU (1)."""
     try:
         with open(f"/proc/{parent}/task/{tid}/schedstat", "rb") as f:
-            return int(f.read().split()[0]) / 1e9
+            return int(f.read().split()[field]) / 1e9
     except (OSError, ValueError, IndexError):
         return None
 

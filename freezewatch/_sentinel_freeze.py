@@ -47,6 +47,7 @@ class Loop:
         self.captured_by = "faulthandler"
         self.switches: int | None = None
         self.cpu0: float | None = None
+        self.wait0: float | None = None
         self.at = 0.0
         self.stem: str | None = None
         self.path: str | None = None
@@ -106,9 +107,16 @@ class Dumper:
                 lp.frames, lp.at = frames, now
                 lp.switches = self.switches(lp.tid)
                 lp.cpu0 = dump.thread_cpu(self.parent, lp.tid)
+                lp.wait0 = dump.thread_cpu(self.parent, lp.tid, 1)
 
     def frozen(self, lp: Loop) -> bool:
+        """Busy when captured, has not slept since, and was not kept off a CPU
+        for half of that time (an overloaded machine, which the watchdog voids)."""
         if lp.frames is None or dump.idle(lp.frames, lp.cfg.get("idle_at")):
+            return False
+        waited = dump.thread_cpu(self.parent, lp.tid, 1)
+        if lp.wait0 is not None and waited is not None and \
+                waited - lp.wait0 > 0.5 * (time.monotonic() - lp.at):
             return False
         return lp.switches is not None and self.switches(lp.tid) == lp.switches
 
