@@ -27,6 +27,7 @@ from . import _state
 from ._events import FreezeEvent
 from ._faulthandler import SIGNAL, Capture, SignalDump
 from ._sentinel import Sentinel
+from ._sentinel_freeze import LONG, LONG_MIN
 from ._sinks import dumpdir
 from ._sinks.log import events
 from ._snapshot.capture import _HOST, _PY
@@ -131,11 +132,14 @@ class GilLayers:
         self.sentinel.configure({"loops": loops, "hostname": _HOST, "python": _PY,
                                  "libs": list(_LIBRARY), "pkg": _PKG_DIR})
 
-    def discard_sentinel_dumps(self, since: float, idents: Sequence[int | None]) -> None:
-        """The watchdog explained a silence (an overloaded machine, a suspended
-        process): never a freeze, so a dump the sentinel wrote in it is removed."""
+    def discard_sentinel_dumps(self, since: float, idents: Sequence[int | None],
+                               seconds: float, threshold: float) -> None:
+        """The watchdog explained a silence of ``seconds`` (an overloaded machine, a
+        suspended process): not a freeze, so a dump the sentinel wrote in it is
+        removed - unless it was long (``_sentinel_freeze.LONG``): evidence kept."""
         sp = self.sentinel
-        if sp.proc is None or not sp.dumps_written():
+        if sp.proc is None or not sp.dumps_written() or \
+                seconds >= max(LONG_MIN, LONG * threshold):
             return
         for ident in idents:
             got = sp.dump_of(ident, since, wait=sp.limit + 2.0)

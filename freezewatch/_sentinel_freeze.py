@@ -34,6 +34,10 @@ except ImportError:  # run as the sentinel's script: its directory is on sys.pat
     import _sentinel_dump as dump  # type: ignore[import-not-found,no-redef]
 
 CONFIG = "config.json"
+LONG = 4.0
+"""A silence of LONG thresholds (at least LONG_MIN s) is dumped even on an overloaded
+machine: a freeze that long is evidence to keep, whatever slowed it."""
+LONG_MIN = 2.0
 REPORT = "dump.json"
 
 
@@ -109,13 +113,15 @@ class Dumper:
                 lp.cpu0 = dump.thread_cpu(self.parent, lp.tid)
                 lp.wait0 = dump.thread_cpu(self.parent, lp.tid, 1)
 
-    def frozen(self, lp: Loop) -> bool:
+    def frozen(self, lp: Loop, silence: float) -> bool:
         """Busy when captured, has not slept since, and was not kept off a CPU
-        for half of that time (an overloaded machine, which the watchdog voids)."""
+        for half of that time (an overloaded machine, which the watchdog voids;
+        unless the silence is long already)."""
         if lp.frames is None or dump.idle(lp.frames, lp.cfg.get("idle_at")):
             return False
         waited = dump.thread_cpu(self.parent, lp.tid, 1)
-        if lp.wait0 is not None and waited is not None and \
+        long = silence >= max(LONG_MIN, LONG * lp.cfg["threshold"])
+        if not long and lp.wait0 is not None and waited is not None and \
                 waited - lp.wait0 > 0.5 * (time.monotonic() - lp.at):
             return False
         return lp.switches is not None and self.switches(lp.tid) == lp.switches
@@ -126,7 +132,7 @@ class Dumper:
         if not blocked:
             return
         for lp in self.loops.values():
-            if lp.path is None and silence >= lp.cfg["threshold"] and self.frozen(lp):
+            if lp.path is None and silence >= lp.cfg["threshold"] and self.frozen(lp, silence):
                 self._write(lp, "freeze", dump.PENDING if pending else None, silence)
 
     def native(self, nat: dict[str, Any], silence: float, may_write: bool) -> None:
