@@ -28,9 +28,10 @@ APP = Path(__file__).with_name("gil_app.py")
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux: /proc")
 
 
-def _start(tmp_path: Path, mode: str, arg: int) -> tuple[subprocess.Popen[str], Path]:
+def _start(tmp_path: Path, mode: str, arg: int,
+           **more_env: str) -> tuple[subprocess.Popen[str], Path]:
     dump_dir = tmp_path / "dumps"
-    env = {**os.environ, "PYTHONWARNINGS": "error"}
+    env = {**os.environ, "PYTHONWARNINGS": "error", **more_env}
     proc = subprocess.Popen([sys.executable, str(APP), str(dump_dir), mode, str(arg)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)
@@ -152,6 +153,27 @@ def test_killed_in_an_endless_gil_freeze_leaves_its_dump(tmp_path: Path) -> None
     assert "duration" not in doc
     assert doc["blocked_for"] >= 3.0  # kept growing while it lasted (6 s)
     assert path.with_suffix(".txt").read_text().startswith("FREEZE: event loop 'MainThread'")
+
+
+@pytest.mark.timeout(40)
+def test_a_freeze_that_goes_on_gets_updates_from_the_sentinel(tmp_path: Path) -> None:
+    """update_after 1.5 s, 3 s: the sentinel writes two freeze-update dumps while the
+    GIL stays held, each naming the first dump, with the next sequence numbers."""
+    proc, dump_dir = _start(tmp_path, "regex", 40, FREEZEWATCH_UPDATE_AFTER="1.5,3")
+    markers = tmp_path / "markers"
+    try:
+        wait_for(lambda: (markers / "started").exists(), 30, 0.01)
+        wait_for(lambda: len(dumps(dump_dir, "freeze-")) >= 3, 15, 0.05)
+    finally:
+        proc.kill()
+        _finish(proc)
+    first, *updates = (assert_contract(p) for p in dumps(dump_dir, "freeze-"))
+    names = [p.name for p in dumps(dump_dir, "freeze-")]
+    assert first["kind"] == "freeze" and [u["kind"] for u in updates] == ["freeze-update"] * 2
+    assert all(u["first_dump"] == names[0] and u["frame_moved"] is False for u in updates)
+    assert [u["update"] for u in updates] == [1, 2]
+    assert [int(n.rsplit("-", 1)[1][:-5]) for n in names] == [1, 2, 3]
+    assert updates[1]["blocked_for"] > updates[0]["blocked_for"] >= 1.0
 
 
 def _state_of(pid: int) -> str:
