@@ -50,6 +50,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _state
+from ._sigcheck import Claim, handler_of
 from ._snapshot.frames import source_line
 from ._snapshot.model import Frame
 
@@ -133,6 +134,8 @@ class SignalDump:
     def __init__(self, on_conflict: Callable[[str], None]) -> None:
         self._fd = -1
         self.error: str | None = None
+        self.claim: Claim | None = None
+        """The signal's handler as registered (``_sigcheck``): sent only while it holds."""
         _FH["on_conflict"] = on_conflict
 
     @property
@@ -170,7 +173,29 @@ class SignalDump:
             self.error = f"faulthandler.register failed: {e}"
             return False
         _FH["registered_pid"] = os.getpid()
+        self.claim = Claim.take(int(SIGNAL))
+        if self.claim is None:
+            self.error = (f"the kernel's handler of signal {SIGNAL} cannot be read (sigaction): "
+                          "the signal is never sent")
+            return False
         return True
+
+    def still_ours(self) -> bool:
+        """The signal's disposition is still our handler: checked before each round of
+        signals. When it is not (the application reset it to SIG_DFL, or installed its
+        own handler with ``signal.signal`` or C code), the layer is off for good, and
+        ``faulthandler_conflict`` says why: a send could kill the process, or call the
+        application's handler."""
+        if not self.active or self.claim is None:
+            return False
+        if self.claim.still_ours():
+            return True
+        now = handler_of(int(SIGNAL), self.claim.libc)
+        what = {0: "reset to SIG_DFL (a send would kill the process)",
+                1: "set to SIG_IGN"}.get(now or 0, "given another handler") \
+            if now is not None else "unreadable"
+        _yield_to_app(f"the disposition of signal {SIGNAL} was {what} after install()")
+        return False
 
     def take(self) -> str | None:
         """The capture written since the last call, or None (the file is emptied)."""
@@ -209,7 +234,8 @@ def parse(text: str) -> dict[int, tuple[Frame, ...]]:
     for line in text.splitlines():
         m = _THREAD.match(line)
         if m:
-            current = stacks.setdefault(int(m.group(1), 16), [])
+            # A thread captured twice (a freeze-update's capture): its latest stack.
+            current = stacks[int(m.group(1), 16)] = []
             continue
         m = _FRAME.match(line)
         if m and current is not None:

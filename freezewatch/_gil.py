@@ -15,6 +15,7 @@ turns the captures into a normal freeze dump:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tempfile
@@ -25,9 +26,12 @@ from . import _state
 from ._events import FreezeEvent
 from ._faulthandler import SIGNAL, Capture, SignalDump
 from ._sentinel import Sentinel
+from ._sentinel_freeze import LONG, LONG_MIN
+from ._sinks import dumpdir
 from ._sinks.log import events
+from ._snapshot.capture import _HOST, _PY
 from ._snapshot.cpu import native_id_of
-from ._snapshot.frames import app_frame, blocking_frame, source_line
+from ._snapshot.frames import _LIBRARY, _PKG_DIR, app_frame, blocking_frame, source_line
 from ._snapshot.model import Frame, Native, Snapshot, TaskGroup
 from ._snapshot.native import capture_native, find_pyspy, native_from_output
 
@@ -49,7 +53,7 @@ class GilLayers:
         self.signal_dump = SignalDump(_conflict)
         self.sentinel = Sentinel()
         self._sentinel_tried = False
-        self._idents: tuple[int | None, ...] = ()
+        self._idents: tuple[tuple[int | None, int], ...] = ()
         self._signal_rounds = 0
         self.captures = 0
 
@@ -62,8 +66,11 @@ class GilLayers:
         # One handler per process: an opt-out by any watch (faulthandler=False)
         # leaves faulthandler entirely to the application.
         fh = all(w.config.faulthandler and w.config.sentinel for w in watches)
+        if fh and self.signal_dump.active and not self.signal_dump.still_ours():
+            self.sentinel.allow_signal(False)  # py-spy alone from now on
         if fh and self.signal_dump.active:
             sp = self.sentinel
+            sp.allow_signal(True)
             if sp.signalling():
                 # The sentinel is between two loop threads: let it finish.
                 sp.wait_signalling(0.3)
@@ -75,11 +82,14 @@ class GilLayers:
                     self.captures += 1
                     cap = Capture(text, now, silent)
         elif not fh and self.signal_dump.active:
+            self.sentinel.allow_signal(False)
             self.signal_dump.close()
         if not self._sentinel_tried:
             self._start_sentinel(watches, threshold, fh)
         if self.sentinel.proc is not None:
             self._publish_loops(watches)
+            self.sentinel.freeze_open(any(w.state.freeze is not None for w in watches))
+            self.sentinel.answered({w.thread_ident: w.answered()[0] for w in watches})
             self.sentinel.beat(threshold, min(w.config.interval for w in watches) + 0.05)
         return cap
 
@@ -97,16 +107,63 @@ class GilLayers:
             self.signal_dump.close()  # nobody would send the signal
 
     def _publish_loops(self, watches: Sequence[Any]) -> None:
-        """Tell the sentinel which threads run our loops (when that changes)."""
+        """Tell the sentinel which threads run our loops, and what it needs to write
+        their dumps itself (when that changes)."""
         # A handle still waiting for its loop: the loop will run on the thread
         # that installed it.
-        idents = tuple(w.thread_ident or w.install_thread for w in watches)
+        idents = tuple((w.thread_ident or w.install_thread, w.idle_line) for w in watches)
         if idents == self._idents:
             return
         self._idents = idents
-        pairs = tuple((i, n) for i in dict.fromkeys(idents)
-                      if i is not None and (n := native_id_of(i)) is not None)
-        self.sentinel.set_loops(pairs)
+        native = {i: n for i in dict.fromkeys(x[0] for x in idents)
+                  if i is not None and (n := native_id_of(i)) is not None}
+        self.sentinel.set_loops(tuple(native.items()))
+        loops = []
+        for w in watches:
+            tid = w.thread_ident or w.install_thread
+            if tid is None or tid not in native or not w.config.sentinel:
+                continue
+            info = w.info()
+            cfg = w.config
+            loops.append({"ident": tid, "native_id": native[tid], "name": info.name,
+                          "thread_name": info.thread_name, "threshold": cfg.threshold,
+                          "dump_dir": cfg.dump_dir, "update_after": list(cfg.update_after),
+                          "idle_at": [os.path.abspath(code.co_filename), w.idle_line]
+                          if (code := w.idle_code) else None})
+        self.sentinel.configure({"loops": loops, "hostname": _HOST, "python": _PY,
+                                 "libs": list(_LIBRARY), "pkg": _PKG_DIR})
+
+    def discard_sentinel_dumps(self, since: float, idents: Sequence[int | None],
+                               seconds: float, threshold: float) -> None:
+        """The watchdog explained a silence of ``seconds`` (an overloaded machine, a
+        suspended process): not a freeze, so a dump the sentinel wrote in it is
+        removed - unless it was long (``_sentinel_freeze.LONG``): evidence kept."""
+        sp = self.sentinel
+        if sp.proc is None or not sp.dumps_written() or \
+                seconds >= max(LONG_MIN, LONG * threshold):
+            return
+        for ident in idents:
+            got = sp.dump_of(ident, since, wait=sp.limit + 2.0)
+            if got is None:
+                continue
+            directory, name = os.path.split(got[0])
+            with contextlib.suppress(OSError):
+                fd = dumpdir.open_dir(directory, create=False)
+                try:
+                    for n in (name, name[: -len(".json")] + ".txt"):
+                        if dumpdir.is_our_file(fd, n):
+                            os.unlink(n, dir_fd=fd)
+                finally:
+                    os.close(fd)
+
+    def sentinel_dump(self, since: float, ident: int | None) -> tuple[str, float] | None:
+        """The dump the sentinel wrote for the loop on thread ``ident`` during the
+        freeze that began at ``since`` (monotonic): its path and ``detected_at``.
+        The pipeline completes that file instead of writing a new one."""
+        sp = self.sentinel
+        if sp.proc is None or not sp.dumps_written():
+            return None
+        return sp.dump_of(ident, since, wait=sp.limit + 2.0)
 
     def sentinel_native(self, since: float, sentinel_on: bool, threshold: float) -> Native:
         """The sentinel's native trace taken during the freeze that began at ``since``."""
@@ -121,6 +178,9 @@ class GilLayers:
             why = sp.error or "py-spy not found: pip install py-spy"
         else:
             raw = sp.take(since, wait=sp.limit + 2.0) if sp.pyspy else None
+            if raw is not None and raw.get("over"):
+                return Native(False, error="py-spy output exceeded its bound and was dropped",
+                              source="sentinel")
             if raw is not None:
                 code = raw.get("code")
                 return native_from_output(

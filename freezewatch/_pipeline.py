@@ -101,6 +101,15 @@ def _write(w: LoopWatch, doc: dict[str, Any], signature: str | None) -> str | No
     return path
 
 
+def _adopt(w: LoopWatch, path: str, doc: dict[str, Any], signature: str) -> str | None:
+    """The sentinel's dump of this freeze, taken over (rewritten by the caller): it
+    counts as the watchdog's dump, and starts the rate-limit window."""
+    _state.last_dump_by_signature[signature] = time.monotonic()
+    w.dumps.append(path)
+    _metrics.dump_written(w)
+    return path
+
+
 def _rewrite(w: LoopWatch, rec: Record) -> None:
     if rec.path is None:
         return
@@ -189,10 +198,17 @@ class Pipeline:
                pin: tuple[tuple[Frame, ...], Native] | None = None) -> Record:
         """Capture and report a freeze: live (``late`` False, the loop still
         frozen), or one seen only afterwards, pinned on a stack captured
-        during it (faulthandler's ``cap``, or the sentinel's py-spy ``pin``)."""
+        during it (faulthandler's ``cap``, or the sentinel's py-spy ``pin``).
+
+        If the sentinel wrote this freeze's dump while no Python thread could
+        run (``_gil.GilLayers.sentinel_dump``), that file is completed under
+        its name (``complete: true``) instead of a new one being written."""
         cfg = w.config
         tid = w.thread_ident
         frames = pin[0] if pin is not None else (cap.frames_of(tid) if cap else None)
+        gl = _gil.layers()
+        reuse = gl.sentinel_dump(w.state.sent_at if since is None else since, tid) \
+            if gl is not None else None
         snap = _capture(w, "freeze", time.monotonic() - start, cpu_before=w.sent_cpu)
         by = "py-spy (sentinel)" if pin is not None else "faulthandler"
         if frames is not None:
@@ -203,11 +219,18 @@ class Pipeline:
             snap = dataclasses.replace(snap, extra=held_gil(
                 snap.extra, snap.loop_frames, tid, snap.blocked_for, time.monotonic(),
                 slack=2 * cfg.interval + 0.1))
+        if reuse is not None:
+            snap = dataclasses.replace(snap, detected_at=reuse[1], extra={
+                **snap.extra, "complete": True,
+                "written_by": "sentinel (during the freeze), completed by the watchdog"})
         _metrics.freeze_detected(w)
         sig = snap.blocking_frame.where
         path = reason = None
         doc = snap.to_json()
-        if _limited(sig, cfg.dump_rate_window):
+        if reuse is not None:
+            path = _adopt(w, reuse[0], doc, sig)
+            reason = "GIL held: dump written by the sentinel during the freeze, completed"
+        elif _limited(sig, cfg.dump_rate_window):
             reason = (f"rate limited: a dump for this frame was written in the last "
                       f"{cfg.dump_rate_window:g} s")
         else:
@@ -224,7 +247,6 @@ class Pipeline:
         if pin is not None:
             rec.native = pin[1]
         elif cfg.native and frames is not None:
-            gl = _gil.layers()
             if gl is not None:
                 rec.native = gl.sentinel_native(w.state.sent_at if since is None else since,
                                                 cfg.sentinel, cfg.threshold)
@@ -235,7 +257,7 @@ class Pipeline:
             # Never leave "still running (this file is rewritten)" for good.
             rec.native = Native(False, error="no native trace: the sentinel is not running",
                                 source="sentinel")
-        if rec.native is not None:
+        if rec.native is not None or reuse is not None:
             _rewrite(w, rec)
         return rec
 

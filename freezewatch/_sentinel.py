@@ -6,7 +6,7 @@ The sentinel is a separate, tiny process (this file run as a script with
 ``python -I -S``: standard library only, no site, no freezewatch import)
 started by the watchdog thread on its first round, one per process.
 
-Shared state is a 256-byte page of anonymous shared memory (``memfd``)
+Shared state is a 512-byte page of anonymous shared memory (``memfd``)
 mapped by both sides:
 
     offset 0   u64  heartbeat counter, bumped by the watchdog every round
@@ -21,6 +21,19 @@ mapped by both sides:
     offset 56  u64  number of loop threads (at most MAX_LOOPS)
     offset 64  u64  signal rounds completed by the sentinel
     offset 72  MAX_LOOPS x (u64 thread ident, u64 native id)
+    offset 200 u64  1 while the faulthandler signal is still ours (checked by
+                    the watchdog each round: ``_sigcheck.Claim``); 0: never send
+    offset 208 u64  the last dump sequence number taken (``SharedSeq``)
+    offset 216 u64  generation of ``config.json`` (what the sentinel needs to
+                    write dumps: loops, thresholds, dump directories)
+    offset 224 u64  dumps written by the sentinel
+    offset 232 u64  1 while the watchdog has a freeze open (it writes those dumps)
+    offset 256 MAX_LOOPS x u64: each loop's last answered heartbeat
+
+The sentinel writes the dump of a freeze no Python thread can see
+(``_sentinel_freeze``, ``_sentinel_dump``; docs/native.md "The dump is on
+disk while the freeze lasts") and says where in ``dump.json``; the watchdog
+completes that file when it runs again (``dump_of``).
 
 The sentinel wakes every ``threshold / 2`` s (0.05 to 0.5 s). When the
 counter has not moved for half the threshold and ``/proc`` shows the
@@ -55,6 +68,7 @@ sentinel's descendants, i.e. its py-spy.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import mmap
 import os
@@ -67,7 +81,21 @@ import threading
 import time
 
 from . import _state
-from ._sentinel_main import _LAYOUT, _LOOPS_AT, _PAIR, _SIZE, MAX_LOOPS, RESULT
+from ._sentinel_freeze import CONFIG, REPORT
+from ._sentinel_main import (
+    _ANSWERED,
+    _CONFIG_GEN,
+    _DUMPS,
+    _LAYOUT,
+    _LOOPS_AT,
+    _OK_TO_SIGNAL,
+    _OPEN,
+    _PAIR,
+    _SIZE,
+    MAX_LOOPS,
+    RESULT,
+)
+from ._sentinel_share import SharedSeq, remove_stale_dirs
 from ._snapshot.native import allow_ptracer, pyspy_argv
 
 _MAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sentinel_main.py")
@@ -114,6 +142,8 @@ class Sentinel:
         self.limit = 5.0
         self.pyspy = False
         """The sentinel runs py-spy (False: it only signals loop threads)."""
+        self._seq: SharedSeq | None = None
+        self._config_gen = 0
 
     @property
     def pid(self) -> int:
@@ -147,6 +177,7 @@ class Sentinel:
             # watchdog blocked on it. gettempdir() was cached at install.
             self._dir = os.path.join(tempfile.gettempdir(),
                                      f"freezewatch-sentinel-{os.getpid()}-{os.urandom(6).hex()}")
+            remove_stale_dirs(tempfile.gettempdir())
             os.mkdir(self._dir, 0o700)
             poll = max(0.05, min(0.5, threshold / 2))
             argv = [sys.executable, "-I", "-S", _MAIN, str(os.getpid()),
@@ -166,6 +197,9 @@ class Sentinel:
                     os.close(fd)
         # Yama: exactly this child (and its py-spy, a descendant) may attach.
         allow_ptracer(self.proc.pid)
+        if self._mm is not None:
+            self._seq = SharedSeq(self._mm, next(_state.dump_seq) - 1)
+            _state.dump_seq = self._seq
         _state.sentinel_pipe_fds.add(self._wfd)
         if "sentinel" not in _state.fork_hooks and hasattr(os, "register_at_fork"):
             _state.fork_hooks.add("sentinel")
@@ -194,6 +228,13 @@ class Sentinel:
             _PAIR.pack_into(mm, _LOOPS_AT + i * _PAIR.size, ident, native)
         struct.pack_into("<Q", mm, 56, len(loops))
 
+    def answered(self, seqs: dict[int | None, int]) -> None:
+        """Each loop's last answered heartbeat (by thread ident), once a round."""
+        mm = self._mm
+        if mm is not None:
+            for i, (ident, _) in enumerate(self._loops[:MAX_LOOPS]):
+                struct.pack_into("<Q", mm, _ANSWERED + 8 * i, seqs.get(ident, 0))
+
     def signalling(self) -> bool:
         return self._mm is not None and struct.unpack_from("<Q", self._mm, 40)[0] == 1
 
@@ -220,6 +261,57 @@ class Sentinel:
         py-spy itself): silence counts only after that. 0: from now on."""
         if self._mm is not None:
             struct.pack_into("<d", self._mm, 8, time.monotonic() + seconds)
+
+    def configure(self, doc: dict[str, object]) -> None:
+        """What the sentinel needs to write dumps itself (``_sentinel_freeze``): written
+        to its private directory, then announced (a generation in the shared page)."""
+        if self._dir is None or self._mm is None:
+            return
+        tmp = os.path.join(self._dir, CONFIG + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(doc, f)
+            os.replace(tmp, os.path.join(self._dir, CONFIG))
+        except OSError:
+            return
+        self._config_gen += 1
+        struct.pack_into("<Q", self._mm, _CONFIG_GEN, self._config_gen)
+
+    def freeze_open(self, is_open: bool) -> None:
+        """The watchdog has a freeze open (declared live): it writes that freeze's
+        dumps, the sentinel writes none."""
+        if self._mm is not None:
+            struct.pack_into("<Q", self._mm, _OPEN, 1 if is_open else 0)
+
+    def allow_signal(self, ok: bool) -> None:
+        """Whether the sentinel may send the faulthandler signal (``_sigcheck``)."""
+        if self._mm is not None:
+            struct.pack_into("<Q", self._mm, _OK_TO_SIGNAL, 1 if ok else 0)
+
+    def dumps_written(self) -> int:
+        return int(struct.unpack_from("<Q", self._mm, _DUMPS)[0]) if self._mm is not None else 0
+
+    def dump_of(self, ident: int | None, since: float, wait: float) -> tuple[str, float] | None:
+        """The dump the sentinel wrote for loop thread ``ident`` during the silence that
+        began at ``since`` or later (monotonic): (.json path, detected_at); None if it
+        wrote none. Waits up to ``wait`` s for a write or py-spy run in progress."""
+        if self._dir is None or ident is None:
+            return None
+        deadline = time.monotonic() + wait
+        while self.capturing() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        try:
+            with open(os.path.join(self._dir, REPORT), encoding="utf-8") as f:
+                report = json.load(f)
+        except (OSError, ValueError):
+            return None
+        for r in reversed(report if isinstance(report, list) else []):
+            if (isinstance(r, dict) and r.get("ident") == ident
+                    and float(r.get("taken_at", 0.0)) >= since - 0.05
+                    and isinstance(r.get("path"), str)):
+                return r["path"], float(r.get("detected_at", time.time()))
+        return None
 
     def capturing(self) -> bool:
         return self._mm is not None and struct.unpack_from("<Q", self._mm, 32)[0] == 1
@@ -255,6 +347,10 @@ class Sentinel:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if self._seq is not None:
+            if _state.dump_seq is self._seq:  # go on from the shared count
+                _state.dump_seq = itertools.count(self._seq.last() + 1)
+            self._seq = None
         if self._mm is not None:
             self._mm.close()
             self._mm = None

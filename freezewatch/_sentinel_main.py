@@ -1,10 +1,10 @@
 """The sentinel process itself: run as ``python -I -S _sentinel_main.py ...``.
 
-Standard library only, no site, no freezewatch import: it must start fast
-and must not depend on anything the application's environment may break.
-The parent side (start, heartbeat, results) is ``_sentinel``; the layout of
-the page of shared memory between the two is defined here, once, and the
-parent imports it. See ``_sentinel`` for what the sentinel does and why.
+Standard library only, no site, no freezewatch import (its two helpers,
+``_sentinel_freeze`` and ``_sentinel_dump``, are stdlib-only files beside it):
+it must start fast and must not depend on anything the application's
+environment may break. The parent side is ``_sentinel``; the layout of the
+shared page is defined here, once. See ``_sentinel`` for what it does and why.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 _LAYOUT = struct.Struct("<QddQQQQQQ")
 _PAIR = struct.Struct("<QQ")
@@ -28,8 +29,17 @@ MAX_LOOPS = 8
 _LOOPS_AT = 72
 MIN_SILENCE = 1.0
 """Seconds of watchdog silence before the sentinel pauses the process with py-spy."""
-_SIZE = 256
+# The page's later fields (see ``_sentinel`` for all of it), u64 each:
+_OK_TO_SIGNAL = 200  # 1 while the faulthandler handler is still ours (``_sigcheck``)
+_SEQ = 208  # the last dump sequence number taken, by the watchdog or the sentinel
+_CONFIG_GEN = 216  # bumped by the parent each time it rewrites config.json
+_DUMPS = 224  # dumps written by the sentinel
+_OPEN = 232  # 1 while the watchdog has a freeze open (declared live: its dumps)
+_ANSWERED = 256  # MAX_LOOPS of them, aligned with the pairs: last answered beats
+_SIZE = 512
 RESULT = "native.json"
+MAX_OUTPUT = 256 * 1024
+"""Bytes of py-spy output read (``_snapshot.native.MAX_OUTPUT``): beyond, dropped."""
 STEADY_WINDOW = 0.03
 """A loop thread must not have slept (switched) for this long before it is signalled."""
 _SETTLE = 0.005
@@ -44,9 +54,10 @@ def _stopped(pid: int) -> bool:
         return False
 
 
-def _run_pyspy(argv: list[str], limit: float, parent: int) -> tuple[int, str, str]:
+def _run_pyspy(argv: list[str], limit: float, parent: int) -> tuple[int, str, str, bool]:
     stopped_before = _stopped(parent)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        # Files, not pipes: py-spy stops the parent, never us; read back bounded.
         p = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                              start_new_session=True)
         try:
@@ -65,9 +76,11 @@ def _run_pyspy(argv: list[str], limit: float, parent: int) -> tuple[int, str, st
         # the parent was ptrace-stopped): never one somebody else made.
         if not stopped_before and _stopped(parent):
             os.kill(parent, signal.SIGCONT)
+        over = os.fstat(out.fileno()).st_size > MAX_OUTPUT
         out.seek(0)
         err.seek(0)
-        return code, out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        return (code, out.read(MAX_OUTPUT).decode(errors="replace"),
+                err.read(MAX_OUTPUT).decode(errors="replace"), over)
 
 
 def _write_result(directory: str, doc: dict[str, object]) -> None:
@@ -145,21 +158,34 @@ class _Signaller:
             return False
         return int(self._fn(self.parent, tid, self.signum)) == 0  # type: ignore[operator]
 
-    def dump(self, fd: int, loops: list[tuple[int, int]]) -> None:
-        """Each loop thread writes its stack under a header naming it, one at a time.
+    def dump(self, fd: int, loops: list[tuple[int, int]], mm: mmap.mmap) -> str:
+        """Each loop thread writes its stack under a header naming it, one at a time;
+        returns what they wrote (the parent reads the same file later).
 
         Only a thread that did not sleep over a short window is signalled: it
         held the GIL all along (a C call), or slept all along (waiting for the
         GIL, or for I/O). A thread that switches meanwhile may be running
         bytecode between GIL hand-offs (many threads competing for the GIL):
         interrupting bytecode with a faulthandler signal is what corrupts a
-        3.10 interpreter now and then (docs/native.md)."""
+        3.10 interpreter now and then (docs/native.md).
+
+        The signal is sent only while it is still ours: the parent says so each
+        round (``_OK_TO_SIGNAL``, from its ``_sigcheck.Claim``), and right before
+        each send the kernel must show the parent catching it (``caught``): an
+        application that reset it to SIG_DFL since would be killed by it."""
         before_window = {tid: _switches(self.parent, tid) for _, tid in loops}
         time.sleep(STEADY_WINDOW)
+        try:
+            start = os.fstat(fd).st_size
+        except OSError:
+            return ""
         for ident, tid in loops:
             first = before_window.get(tid)
             if first is None or _switches(self.parent, tid) != first:
                 continue
+            if struct.unpack_from("<Q", mm, _OK_TO_SIGNAL)[0] != 1 \
+                    or caught(self.parent, self.signum) is not True:
+                return ""
             try:
                 before = os.fstat(fd).st_size
                 os.write(fd, f"Thread 0x{ident:x} (most recent call first):\n".encode())
@@ -175,7 +201,22 @@ class _Signaller:
                         break
                     time.sleep(0.001)
             except OSError:
-                return
+                break
+        try:
+            end = os.fstat(fd).st_size
+            return os.pread(fd, min(end - start, 1 << 20), start).decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+
+def caught(pid: int, signum: int) -> bool | None:
+    """``pid`` catches ``signum`` (``_sigcheck.caught``, duplicated: stdlib only here)."""
+    with contextlib.suppress(OSError, ValueError, IndexError), \
+            open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return None
 
 
 def _switches(parent: int, tid: int) -> int | None:
@@ -190,18 +231,30 @@ def _switches(parent: int, tid: int) -> int | None:
     return None
 
 
-def _next_wait(now: float, quiet_until: float, threshold: float, poll: float,
-               signal_due: bool, pyspy_due: bool) -> float:
-    """Seconds to sleep: until the watchdog's announced quiet plus the silence
-    that makes the next action due, at least ``poll`` (and at most 5 s: the
-    parent's death wakes us anyway, through the pipe)."""
-    if signal_due:
-        due = quiet_until + threshold / 2
-    elif pyspy_due:
-        due = quiet_until + max(threshold, MIN_SILENCE)
-    else:
-        return poll  # nothing left for this silence: watch for the next one
-    return min(5.0, max(poll, due - now))
+def _next_wait(now: float, poll: float, *dues: float | None) -> float:
+    """Seconds to sleep: until the next moment an action is due (the watchdog
+    announces its quiet, so an idle one costs few wake-ups here), at least
+    ``poll``, at most 5 s (the parent's death wakes us anyway, through the pipe)."""
+    due = [d for d in dues if d is not None]
+    return poll if not due else min(5.0, max(poll, min(due) - now))
+
+
+def _take_seq(mm: mmap.mmap) -> int:
+    """The next dump sequence number, shared with the watchdog (``_sentinel.SharedSeq``)."""
+    struct.pack_into("<Q", mm, _SEQ, n := int(struct.unpack_from("<Q", mm, _SEQ)[0]) + 1)
+    return n
+
+
+def _helpers() -> Any:
+    """``_sentinel_freeze`` (and the ``_sentinel_dump`` it uses), stdlib-only files next
+    to this one: this directory is appended to sys.path (last: it never shadows
+    the standard library)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.append(here)
+    import _sentinel_freeze  # type: ignore[import-not-found]
+
+    return _sentinel_freeze
 
 
 def _loops(mm: mmap.mmap) -> list[tuple[int, int]]:
@@ -216,12 +269,36 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     mm = mmap.mmap(mfd, _SIZE)
     signaller = _Signaller(parent, signum) if signal_fd >= 0 and signum else None
-    last = -1
+    helpers = _helpers()
+    def answered(ident: int) -> int | None:
+        for i, (idt, _) in enumerate(_loops(mm)):
+            if idt == ident:
+                return int(struct.unpack_from("<Q", mm, _ANSWERED + 8 * i)[0])
+        return None
+
+    dumper = helpers.Dumper(parent, directory, lambda: _take_seq(mm),
+                            lambda tid: _switches(parent, tid), answered)
+    last = gen = -1
     changed_at = quiet_until = time.monotonic()  # the last beat; silence counts from quiet_until
     base: tuple[float, float] | None = None  # the watchdog's schedstat at its last beat
     signalled = pyspy_done = False
     captures = rounds = 0
     wait = poll
+
+    def still(count: int) -> bool:  # no beat since ``count``: the watchdog is still silent
+        return int(struct.unpack_from("<Q", mm, 0)[0]) == count
+
+    def busy(flag: int, on: bool) -> None:  # flag 32: py-spy or a dump write; 40: signals
+        struct.pack_into("<Q", mm, flag, 1 if on else 0)
+
+    def native_now() -> tuple[dict[str, object], dict[str, object]]:
+        busy(32, True)  # the caller clears it
+        taken_at = time.monotonic()
+        code, out, err, over = _run_pyspy(pyspy, limit, parent)
+        return ({"taken_at": taken_at, "ended_at": time.monotonic(), "code": code,
+                 "silent_for": taken_at - quiet_until, "stdout": out, "stderr": err,
+                 "limit": limit, "over": over}, helpers.dump.native(code, out, err, limit, over))
+
     try:
         while True:
             ready, _, _ = select.select([rfd], [], [], wait)
@@ -231,9 +308,13 @@ def main(argv: list[str]) -> int:
                 return 0  # re-parented: the parent died
             count, stand_down, threshold, _, _, _, wd_tid, _, _ = _LAYOUT.unpack_from(mm, 0)
             now = time.monotonic()
+            if struct.unpack_from("<Q", mm, _CONFIG_GEN)[0] != gen:
+                gen = struct.unpack_from("<Q", mm, _CONFIG_GEN)[0]
+                dumper.reload()
             if count != last:
                 last, changed_at, signalled, pyspy_done = count, now, False, False
-                base = _schedstat(parent, wd_tid) if signaller and wd_tid else None
+                base = _schedstat(parent, wd_tid) if wd_tid else None
+                dumper.reset(changed_at)
             # The watchdog says how long it means to sleep (or to be busy on
             # purpose): silence counts only after that.
             quiet_until = max(changed_at, stand_down)
@@ -243,42 +324,74 @@ def main(argv: list[str]) -> int:
                 # watchdog, but no freeze. Neither signal nor pause it; its
                 # stop stands until whoever stopped it continues it.
                 changed_at = quiet_until = now
+                dumper.reset(now)
                 wait = poll
                 continue
             if silence <= 0:
-                wait = _next_wait(now, quiet_until, threshold, poll,
-                                  signaller is not None, bool(pyspy))
+                wait = _next_wait(now, poll, quiet_until + threshold / 2 if signaller else None,
+                                  quiet_until + max(threshold, MIN_SILENCE) if pyspy else None)
                 continue
-            if (signaller is not None and not signalled and silence >= threshold / 2
-                    and _watchdog_blocked(parent, wd_tid, base, silence)):
+            blocked = wd_tid and _watchdog_blocked(parent, wd_tid, base, silence)
+            if signaller is not None and not signalled and silence >= threshold / 2 and blocked:
                 # The GIL is held: every loop thread's Python stack, now.
                 signalled = True
-                struct.pack_into("<Q", mm, 40, 1)
+                busy(40, True)
                 try:
-                    signaller.dump(signal_fd, _loops(mm))
+                    text = signaller.dump(signal_fd, _loops(mm), mm)
                 finally:
                     rounds += 1
                     struct.pack_into("<Q", mm, 64, rounds)
-                    struct.pack_into("<Q", mm, 40, 0)
-            # Sleep until the next moment something could be due (the watchdog
-            # announces its sleeps, so an idle one costs few wake-ups here).
-            wait = _next_wait(now, quiet_until, threshold, poll,
-                              signaller is not None and not signalled,
-                              bool(pyspy) and not pyspy_done)
-            if not pyspy or pyspy_done or silence < max(threshold, MIN_SILENCE):
-                continue
-            # The watchdog has been silent for a threshold: take the native
-            # trace now, while whatever holds the GIL still holds it.
-            pyspy_done = True
-            struct.pack_into("<Q", mm, 32, 1)
-            taken_at = time.monotonic()
-            code, out, err = _run_pyspy(pyspy, limit, parent)
-            captures += 1
-            _write_result(directory, {"taken_at": taken_at, "ended_at": time.monotonic(),
-                                      "silent_for": taken_at - quiet_until, "code": code,
-                                      "stdout": out, "stderr": err, "limit": limit})
-            struct.pack_into("<Q", mm, 24, captures)
-            struct.pack_into("<Q", mm, 32, 0)
+                    busy(40, False)
+                if text:
+                    dumper.captured(text)
+            if signalled and silence >= threshold / 2:
+                # Silent for a threshold, still blocked, the loop still in the call
+                # it was captured in: the dump, now (the watchdog waits on flag 32).
+                busy(32, True)
+                try:
+                    open_ = struct.unpack_from("<Q", mm, _OPEN)[0] == 1
+                    dumper.first(silence, bool(blocked) and still(count) and not open_,
+                                 bool(pyspy) and not pyspy_done)
+                finally:
+                    busy(32, False)
+            if pyspy and not pyspy_done and silence >= max(threshold, MIN_SILENCE):
+                # The watchdog has been silent for a threshold: take the native
+                # trace now, while whatever holds the GIL still holds it.
+                pyspy_done = True
+                try:
+                    result, nat = native_now()
+                    if still(count):  # into the sentinel's dumps, before the watchdog looks
+                        dumper.native(nat, time.monotonic() - quiet_until,
+                                      struct.unpack_from("<Q", mm, _OPEN)[0] != 1)
+                    captures += 1
+                    _write_result(directory, result)
+                    struct.pack_into("<Q", mm, 24, captures)
+                finally:
+                    busy(32, False)
+            busy(32, True)
+            try:
+                refresh = dumper.refresh() if still(count) else None
+            finally:
+                busy(32, False)
+            due = dumper.next_update()
+            if due is not None and time.monotonic() >= due and still(count):
+                text = signaller.dump(signal_fd, _loops(mm), mm) if signaller else ""
+                fresh: dict[str, object] | None = None
+                if pyspy:
+                    try:
+                        fresh = native_now()[1]
+                    finally:
+                        busy(32, False)
+                dumper.update(text, fresh)
+                due = dumper.next_update()
+            struct.pack_into("<Q", mm, _DUMPS, dumper.written)
+            now = time.monotonic()
+            wait = _next_wait(
+                now, poll, quiet_until + threshold / 2 if signaller and not signalled else None,
+                quiet_until + max(threshold, MIN_SILENCE) if pyspy and not pyspy_done else None,
+                quiet_until + threshold if signalled and not any(
+                    lp.path for lp in dumper.loops.values()) and now < quiet_until + threshold
+                else None, due, refresh)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 

@@ -31,16 +31,22 @@ _SIGACTION_SIZE = 512  # larger than any libc's struct sigaction; the handler co
 
 
 def _libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        return None
+    # The process's own symbols first: find_library runs ldconfig in a subprocess.
+    for name in (None, "libc.so.6", ctypes.util.find_library("c")):
+        try:
+            lib = ctypes.CDLL(name, use_errno=True)
+        except OSError:
+            continue
+        if hasattr(lib, "sigaction"):
+            return lib
+    return None
 
 
-def handler_of(signum: int) -> int | None:
+def handler_of(signum: int, libc: ctypes.CDLL | None = None) -> int | None:
     """The address of ``signum``'s current handler as the kernel has it (0: SIG_DFL,
-    1: SIG_IGN), or None where it cannot be read (no libc, a bad signal number)."""
-    libc = _libc()
+    1: SIG_IGN), or None where it cannot be read (no libc, a bad signal number).
+    ``libc``: a handle from an earlier call (a Claim keeps one)."""
+    libc = libc or _libc()
     if libc is None or not hasattr(libc, "sigaction"):
         return None
     old = ctypes.create_string_buffer(_SIGACTION_SIZE)
@@ -57,25 +63,27 @@ class Claim:
 
     signum: int
     handler: int
+    libc: ctypes.CDLL | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @classmethod
     def take(cls, signum: int) -> Claim | None:
         """Record ``signum``'s handler now: call right after ``faulthandler.register``.
         None where the kernel's view cannot be read (then: never send the signal)."""
-        h = handler_of(signum)
+        libc = _libc()
+        h = handler_of(signum, libc)
         if h is None or h in (0, 1):
             return None
-        return cls(signum, h)
+        return cls(signum, h, libc)
 
     def still_ours(self) -> bool:
         """True while the kernel's handler is still the one recorded (not SIG_DFL,
         SIG_IGN, or someone else's handler, from ``signal.signal`` or C code)."""
-        return ours(self.signum, self.handler)
+        return ours(self.signum, self.handler, self.libc)
 
 
-def ours(signum: int, handler: int) -> bool:
+def ours(signum: int, handler: int, libc: ctypes.CDLL | None = None) -> bool:
     """``signum``'s current handler is ``handler`` (an address from :func:`handler_of`)."""
-    current = handler_of(signum)
+    current = handler_of(signum, libc)
     return current is not None and current not in (0, 1) and current == handler
 
 

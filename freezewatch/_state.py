@@ -33,7 +33,8 @@ watchdog: Any = None
 """The one ``_watchdog.Watchdog`` (None when nothing is watched)."""
 by_loop: dict[Any, Any] = {}
 """Watched loops (keyed by loop object) -> handle. Read lock-free by watch()."""
-dump_seq = itertools.count(1)
+dump_seq: Any = itertools.count(1)
+"""Dump sequence numbers (an iterator; ``_sentinel.SharedSeq`` while a sentinel runs)."""
 last_dump_by_signature: dict[str, float] = {}
 """Rate limit: signature -> when (monotonic) a dump with it was last written."""
 metrics_server: Any = None

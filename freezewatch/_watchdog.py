@@ -293,6 +293,12 @@ class Watchdog:
                 for w in watches:
                     if w not in busy:
                         _detect.void_pending(w.state, now, w.answered()[0])
+                try:
+                    self.gil.discard_sentinel_dumps(
+                        wall_before, [w.thread_ident for w in watches if w not in busy],
+                        verdict.seconds, min_threshold)
+                except Exception as e:  # boundary: the GIL layers
+                    self._error("gil layers", e)
                 emit(None, FreezeEvent("process_suspended", "*", round(verdict.seconds, 3),
                                        reason=verdict.reason), "info")
             tops: dict[int, types.FrameType] | None = None

@@ -130,6 +130,9 @@ def render(doc: dict[str, Any]) -> str:
     )
     if "duration" in doc:
         lines.append(f"  the freeze ended after {_secs(doc['duration'])} in all")
+    if doc.get("complete") is False:
+        lines.append("  written by the sentinel during the freeze; the process did not run "
+                     "again to complete it (no tasks, threads or requests)")
     if kind == "freeze-update":
         moved = doc.get("frame_moved")
         lines.append(
