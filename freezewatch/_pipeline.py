@@ -26,11 +26,11 @@ from typing import Any
 from . import _detect, _gil, _redact, _state
 from ._events import FreezeEvent
 from ._faulthandler import Capture
+from ._gil_pin import sentinel_pin, unseen_reason
 from ._handle import LoopWatch
 from ._inflight import records as inflight_records
 from ._inflight import snapshot as inflight_snapshot
 from ._native_jobs import NativeJobs
-from ._observe import idle_at
 from ._sinks import metrics as _metrics
 from ._sinks.dumpfile import dump_name, rewrite_dump, write_dump
 from ._sinks.log import events
@@ -316,7 +316,7 @@ class Pipeline:
         st.late_freezes += 1
         _metrics.freeze_detected(w)
         _metrics.freeze_ended(w, d.lag)
-        reason = _unseen_reason(w)
+        reason = unseen_reason(w)
         path = self._unseen_dump(w, d.lag, reason)
         emit(w, FreezeEvent("freeze_ended", w.name, round(d.lag, 3), dump_path=path,
                             reason=reason))
@@ -384,30 +384,3 @@ class Pipeline:
     def forget(self, w: LoopWatch) -> None:
         for key in [k for k in self.open if k[0] == id(w)]:
             del self.open[key]
-
-
-def sentinel_pin(w: LoopWatch, since: float,
-                 need_held_gil: bool = False) -> tuple[tuple[Frame, ...], Native] | None:
-    """The loop thread's Python stack from the sentinel's py-spy capture taken
-    during a GIL-held freeze (where faulthandler's signal is off or missed)."""
-    gl = _gil.layers()
-    cfg = w.config
-    if gl is None or not (cfg.sentinel and cfg.native) or gl.sentinel.proc is None:
-        return None
-    native = gl.sentinel_native(since, cfg.sentinel, cfg.threshold)
-    frames = _gil.python_frames(native, w.thread_ident)
-    if frames is None or not _detect.pin_ok(_gil.idle(frames, idle_at(w)),
-                                            _gil.holds_gil_in_c(native, w.thread_ident),
-                                            need_held_gil):
-        return None
-    return frames, native
-
-
-def _unseen_reason(w: LoopWatch) -> str:
-    cfg = w.config
-    if not cfg.sentinel or not ((cfg.native and w.pyspy) or cfg.faulthandler):
-        return ("not seen live: the watchdog could not run during it (a C call holding "
-                "the GIL?) and nothing else could look: install py-spy, and keep "
-                "sentinel and faulthandler on (docs/native.md)")
-    return ("not seen live: it ended before the watchdog could look, or a C call held "
-            "the GIL and py-spy could not take the loop thread's stack (see native.md)")

@@ -63,9 +63,9 @@ def _sentinel_dump_before_return(tmp_path: Path, mode: str, arg: int, marker: st
     first: list[Path] = []
     try:
         wait_for(lambda: (markers / "started").exists(), 30, 0.01)
-        got = wait_for(lambda: dumps(dump_dir, "freeze-") or (
+        got = wait_for(lambda: dumps(dump_dir, kind="freeze") or (
             "returned" if (markers / "returned").exists() else None), 30, 0.01)
-        first = got if isinstance(got, list) else dumps(dump_dir, "freeze-")
+        first = got if isinstance(got, list) else dumps(dump_dir, kind="freeze")
         returned_before = (markers / "returned").exists()
         early = json.loads(first[0].read_text()) if first else {}
     finally:
@@ -89,7 +89,7 @@ def _sentinel_dump_before_return(tmp_path: Path, mode: str, arg: int, marker: st
     if mode != "json":  # json.loads: the innermost frame is json's own raw_decode
         assert early["blocking_frame"] == af
     assert early["kernel"]["state"] and early["kernel"]["read_by"] == "sentinel"
-    (path,) = dumps(dump_dir, "freeze-")
+    (path,) = dumps(dump_dir, kind="freeze")
     assert path.name == first[0].name  # completed under the same name, no second dump
     doc = assert_contract(path)
     if "process_suspended" in out:
@@ -145,7 +145,7 @@ def test_killed_in_an_endless_gil_freeze_leaves_its_dump(tmp_path: Path) -> None
     finally:
         proc.kill()
         _finish(proc)
-    (path,) = dumps(dump_dir, "freeze-")
+    (path,) = dumps(dump_dir, kind="freeze")
     doc = assert_contract(path)
     file, line, _ = pin(str(APP), "regex")
     assert (doc["blocking_frame"]["file"], doc["blocking_frame"]["line"]) == (file, line)
@@ -165,13 +165,13 @@ def test_a_freeze_that_goes_on_gets_updates_from_the_sentinel(tmp_path: Path) ->
     try:
         wait_for(lambda: (markers / "started").exists(), 30, 0.01)
         with contextlib.suppress(AssertionError):  # said below, with the output
-            wait_for(lambda: len(dumps(dump_dir, "freeze-")) >= 3, 20, 0.05)
+            wait_for(lambda: len(dumps(dump_dir, kind="freeze")) >= 3, 20, 0.05)
     finally:
         proc.kill()
         out = _finish(proc)
-    assert len(dumps(dump_dir, "freeze-")) >= 3, (out, dumps(dump_dir))
-    first, *updates = (assert_contract(p) for p in dumps(dump_dir, "freeze-"))
-    names = [p.name for p in dumps(dump_dir, "freeze-")]
+    assert len(dumps(dump_dir, kind="freeze")) >= 3, (out, dumps(dump_dir))
+    first, *updates = (assert_contract(p) for p in dumps(dump_dir, kind="freeze"))
+    names = [p.name for p in dumps(dump_dir, kind="freeze")]
     assert first["kind"] == "freeze" and [u["kind"] for u in updates] == ["freeze-update"] * 2
     assert all(u["first_dump"] == names[0] and u["frame_moved"] is False for u in updates)
     assert [u["update"] for u in updates] == [1, 2]
@@ -205,7 +205,7 @@ def test_a_stopped_process_stays_stopped(tmp_path: Path) -> None:
         out = _finish(proc)
     assert seen == {"T"}, f"states seen while stopped: {seen}"
     assert proc.returncode == 0, out
-    assert dumps(dump_dir, "freeze-") == []
+    assert dumps(dump_dir, kind="freeze") == []
 
 
 @pytest.mark.timeout(40)
@@ -221,7 +221,7 @@ def test_a_signal_no_longer_ours_is_never_sent(mode: str, tmp_path: Path) -> Non
     assert "faulthandler_conflict" in out and "after install()" in out
     if mode == "own":
         assert "@@ own handler called 0 times" in out
-    (path,) = dumps(dump_dir, "freeze-")
+    (path,) = dumps(dump_dir, kind="freeze")
     doc = assert_contract(path)
     file, line, _ = pin(str(APP), "regex")
     assert (doc["blocking_frame"]["file"], doc["blocking_frame"]["line"]) == (file, line)

@@ -40,7 +40,7 @@ LAYERS: list[set[str]] = [
     # 4: the handle
     {"_handle"},
     # 5: observing a loop; py-spy off the watchdog thread
-    {"_observe", "_native_jobs"},
+    {"_observe", "_native_jobs", "_gil_pin"},
     # 6: decisions to sinks
     {"_pipeline"},
     # 7: the thread
