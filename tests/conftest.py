@@ -127,3 +127,23 @@ def events() -> Iterator[Events]:
         yield ev
     finally:
         structlog.reset_defaults()
+
+
+SERIAL = (
+    "tests/test_gil.py", "tests/test_gil_sentinel.py", "tests/test_core_busy_cost.py",
+    "tests/test_core_idle.py", "tests/test_overload.py",
+    "tests/test_core_tasks.py::test_busy_healthy_loop_no_false_freeze",
+    "tests/test_native.py::test_back_to_back_freezes_while_pyspy_runs_are_each_detected",
+    "tests/test_pytest_plugin.py::test_gil_holding_blocks_fail_naming_the_line",
+    "tests/test_sentry.py::test_fifty_freezes_at_one_line_are_rate_limited",
+)
+"""Tests whose subject is timing on this machine itself: a C call holding the GIL, the
+guards that tell an overloaded machine from a frozen loop, wake-up counts. They pass
+under load too, but not reliably beside a second suite: .ci/run runs them (``-m
+serial``) after the rest, one Python at a time. ``make test`` runs everything."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.startswith(SERIAL):
+            item.add_marker(pytest.mark.serial)
