@@ -133,6 +133,7 @@ SERIAL = (
     "tests/test_gil.py", "tests/test_gil_sentinel.py", "tests/test_core_busy_cost.py",
     "tests/test_core_idle.py", "tests/test_overload.py",
     "tests/test_core_tasks.py::test_busy_healthy_loop_no_false_freeze",
+    "tests/test_core_install.py::test_loop_stopped_then_closed_with_beat_pending",
     "tests/test_native.py::test_back_to_back_freezes_while_pyspy_runs_are_each_detected",
     "tests/test_pytest_plugin.py::test_gil_holding_blocks_fail_naming_the_line",
     "tests/test_sentry.py::test_fifty_freezes_at_one_line_are_rate_limited",
