@@ -337,14 +337,14 @@ DOC = json.dumps([{"key": "value " * 8, "n": i} for i in range(250_000)])
 
 @pytest.mark.asyncio
 async def test_regex_holds_the_gil():
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # the sentinel starts with the watchdog: up within ~0.1 s
     EVIL.match(SUBJECT)  # pin: regex
     await asyncio.sleep(0.05)
 
 
 @pytest.mark.asyncio
 async def test_json_loads_holds_the_gil():
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
     json.loads(DOC)  # pin: json
     await asyncio.sleep(0.05)
 '''
