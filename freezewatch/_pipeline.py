@@ -178,6 +178,8 @@ class Pipeline:
 
     def apply_native(self, wait: float = 0.0) -> None:
         """Each round: py-spy traces taken since, into their dumps."""
+        if not self.native.waiting:
+            return  # the common round: nothing in flight, no queue poll
         for w, rec, native in self.native.done(wait):
             rec.native = native
             _rewrite(w, rec)
