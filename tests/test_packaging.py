@@ -5,6 +5,7 @@ and its test suite collects when unpacked."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -34,8 +35,15 @@ def _source_files(top: str) -> set[str]:
 def sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("build", reason="the lint extra installs build")
     out = tmp_path_factory.mktemp("dist")
+    # Built from a copy of the tree: setuptools writes freezewatch.egg-info/SOURCES.txt
+    # into the tree it builds, and CI runs two suites side by side in one checkout; two
+    # builds in the same tree raced on that file and one sdist came out near empty.
+    tree = tmp_path_factory.mktemp("tree") / "freezewatch"
+    shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "*.egg-info", "build", "dist", "__pycache__", ".mypy_cache",
+        ".ruff_cache", ".pytest_cache", "freezewatch-dumps", ".ci-*"))
     proc = subprocess.run([sys.executable, "-m", "build", "--sdist", "--outdir", str(out),
-                           str(ROOT)], capture_output=True, text=True, timeout=80)
+                           str(tree)], capture_output=True, text=True, timeout=80)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (path,) = out.glob("freezewatch-*.tar.gz")
     return path
