@@ -93,8 +93,24 @@ class GilLayers:
             self.sentinel.beat(threshold, min(w.config.interval for w in watches) + 0.05)
         return cap
 
+    def prime(self, watches: Sequence[Any]) -> None:
+        """On install()'s thread, before the watchdog thread starts: the sentinel is up
+        and knows the loop threads before the application's next line runs (a loop
+        whose first step holds the GIL would leave the watchdog no round to start
+        it). The watchdog thread names itself to it when it runs (``watchdog_thread``)."""
+        if not watches or self._sentinel_tried:
+            return
+        threshold = min(w.config.threshold for w in watches)
+        fh = all(w.config.faulthandler and w.config.sentinel for w in watches)
+        self._start_sentinel(watches, threshold, fh, watchdog_tid=0)
+        if self.sentinel.proc is not None:
+            self.sentinel.allow_signal(fh and self.signal_dump.active
+                                       and self.signal_dump.still_ours())
+            self._publish_loops(watches)
+            self.sentinel.beat(threshold, min(w.config.interval for w in watches) + 0.05)
+
     def _start_sentinel(self, watches: Sequence[Any], threshold: float,
-                        fh: bool) -> None:
+                        fh: bool, watchdog_tid: int | None = None) -> None:
         wanted = [w for w in watches if w.config.sentinel]
         if not wanted:
             return
@@ -102,7 +118,8 @@ class GilLayers:
         cfg = wanted[0].config
         pyspy = find_pyspy(cfg.pyspy_path) if any(w.config.native for w in wanted) else None
         fd = self.signal_dump.fd if fh and self.signal_dump.ensure() else -1
-        self.sentinel.start(threshold, pyspy, cfg.native_timeout, fd, int(SIGNAL))
+        self.sentinel.start(threshold, pyspy, cfg.native_timeout, fd, int(SIGNAL),
+                            watchdog_tid)
         if fd >= 0 and self.sentinel.proc is None:
             self.signal_dump.close()  # nobody would send the signal
 

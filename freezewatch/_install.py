@@ -89,8 +89,7 @@ def _install(loop: asyncio.AbstractEventLoop | None, config: Config,
             gcwatch.watch_gc()
         if loop is not None:
             _state.by_loop[loop] = w
-        wd = _ensure_watchdog()
-        wd.watches = (*wd.watches, w)
+        _ensure_watchdog(w, prime=True)
         if config.systemd_watchdog and _state.notifier is None:
             _state.notifier = Notifier.from_env()
         return w
@@ -185,12 +184,16 @@ def _running_here(loop: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
-def _ensure_watchdog() -> Watchdog:
+def _ensure_watchdog(w: LoopWatch, prime: bool = False) -> Watchdog:
+    """The watchdog, with ``w`` among its watches; started if none runs."""
     wd: Watchdog | None = _state.watchdog
-    if wd is None or not wd.is_alive():
-        wd = Watchdog()
-        _state.watchdog = wd
-        wd.start()
+    if wd is not None and wd.is_alive():
+        wd.watches = (*wd.watches, w)
+        return wd
+    wd = Watchdog()
+    wd.watches = (w,)
+    _state.watchdog = wd
+    wd.start(prime)
     return wd
 
 
@@ -243,8 +246,7 @@ def _after_fork_in_child() -> None:
     if rearm is not None:
         _state.inherited_loops.extend(_loops_on_this_stack())
         w = LoopWatch(None, rearm.config, rearm.hooks, install_thread=me)
-        wd = _ensure_watchdog()
-        wd.watches = (w,)
+        _ensure_watchdog(w)  # not primed: no process is spawned inside a fork hook
 
 
 def _loops_on_this_stack() -> list[Any]:

@@ -90,6 +90,22 @@ def gil_seen(w: LoopWatch, cap: Capture | None) -> _detect.GilSeen | None:
                            read_at=cap.read_at)
 
 
+# Python frames of a running asyncio loop: a captured stack with one of them was
+# taken inside the loop, not before it started.
+_LOOP_FRAMES = frozenset({
+    ("base_events.py", "run_forever"), ("base_events.py", "_run_once"),
+    ("base_events.py", "run_until_complete"), ("events.py", "_run"),
+})
+
+
+def ran_loop(cap: Capture | None, thread_id: int | None) -> bool:
+    """The round's faulthandler capture shows this thread inside a running loop."""
+    frames = cap.frames_of(thread_id) if cap is not None else None
+    return frames is not None and any(
+        (os.path.basename(f.file), f.function) in _LOOP_FRAMES
+        and os.path.basename(os.path.dirname(f.file)) == "asyncio" for f in frames)
+
+
 def idle_at(w: LoopWatch) -> tuple[str, int] | None:
     """Where the loop thread sits when idle without a Python selector (uvloop)."""
     code = w.idle_code

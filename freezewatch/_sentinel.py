@@ -4,7 +4,8 @@ A C call that holds the GIL stops every Python thread of the process, the
 watchdog included, so the watchdog cannot run py-spy during such a freeze.
 The sentinel is a separate, tiny process (this file run as a script with
 ``python -I -S``: standard library only, no site, no freezewatch import)
-started by the watchdog thread on its first round, one per process.
+started by install() when it starts the watchdog (``GilLayers.prime``; in a
+forked child by the watchdog thread on its first round), one per process.
 
 Shared state is a 512-byte page of anonymous shared memory (``memfd``)
 mapped by both sides:
@@ -153,9 +154,11 @@ class Sentinel:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self, threshold: float, pyspy: str | None, limit: float,
-              signal_fd: int = -1, signum: int = 0) -> bool:
+              signal_fd: int = -1, signum: int = 0, watchdog_tid: int | None = None) -> bool:
         """Start the process; ``pyspy`` None: no native traces; ``signal_fd`` -1: no
-        faulthandler signals (otherwise the file the handler writes to)."""
+        faulthandler signals (otherwise the file the handler writes to);
+        ``watchdog_tid``: the watchdog thread's native id (None: this thread; 0: not
+        running yet, ``watchdog_thread`` says it later)."""
 
         reason = unavailable_reason(pyspy, signal_fd)
         if reason:
@@ -169,7 +172,8 @@ class Sentinel:
             os.ftruncate(mfd, _SIZE)
             self._mm = mmap.mmap(mfd, _SIZE)
             _LAYOUT.pack_into(self._mm, 0, 0, 0.0, threshold, 0, 0, 0,
-                              threading.get_native_id(), 0, 0)
+                              threading.get_native_id() if watchdog_tid is None
+                              else watchdog_tid, 0, 0)
             rfd, self._wfd = os.pipe()  # both non-inheritable; rfd is passed explicitly
             os.set_blocking(self._wfd, False)  # resume() never blocks its caller
             # Not tempfile.mkdtemp on this thread: its first use takes a
@@ -215,6 +219,11 @@ class Sentinel:
             struct.pack_into("<Q", mm, 0, self._count)
             struct.pack_into("<d", mm, 8, time.monotonic() + next_within)
             struct.pack_into("<d", mm, 16, threshold)
+
+    def watchdog_thread(self, native_id: int | None) -> None:
+        """The watchdog thread's native id, once it runs (the sentinel started before it)."""
+        if self._mm is not None and native_id:
+            struct.pack_into("<Q", self._mm, 48, native_id)
 
     def set_loops(self, loops: tuple[tuple[int, int], ...]) -> None:
         """The loop threads to signal: (thread ident, native id) pairs."""

@@ -267,9 +267,8 @@ def main(argv: list[str]) -> int:
     directory, limit, poll = argv[3], float(argv[4]), float(argv[5])
     signal_fd, signum, pyspy = int(argv[6]), int(argv[7]), argv[8:]
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    mm = mmap.mmap(mfd, _SIZE)
+    mm, helpers = mmap.mmap(mfd, _SIZE), _helpers()
     signaller = _Signaller(parent, signum) if signal_fd >= 0 and signum else None
-    helpers = _helpers()
     def answered(ident: int) -> int | None:
         for i, (idt, _) in enumerate(_loops(mm)):
             if idt == ident:
@@ -312,9 +311,10 @@ def main(argv: list[str]) -> int:
                 gen = struct.unpack_from("<Q", mm, _CONFIG_GEN)[0]
                 dumper.reload()
             if count != last:
-                last, changed_at, signalled, pyspy_done = count, now, False, False
-                base = _schedstat(parent, wd_tid) if wd_tid else None
+                last, changed_at, signalled, pyspy_done, base = count, now, False, False, None
                 dumper.reset(changed_at)
+            if base is None and wd_tid:  # install() may start us before the watchdog runs
+                base = _schedstat(parent, wd_tid)
             # The watchdog says how long it means to sleep (or to be busy on
             # purpose): silence counts only after that.
             quiet_until = max(changed_at, stand_down)

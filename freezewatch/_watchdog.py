@@ -77,6 +77,7 @@ class Watchdog:
         # Handles dropped (uninstall) with a freeze open: ended when the thread stops.
         self.closing: list[LoopWatch] = []
         self._exits_before: dict[LoopWatch, int] = {}
+        self._started = (time.monotonic(), time.process_time())
         self.errors = 0
         self.rounds = 0  # rounds run (tests and benchmarks: parking shows here)
         # faulthandler + sentinel process: see what this thread cannot (a C
@@ -87,8 +88,19 @@ class Watchdog:
             target=contextvars.Context().run, args=(self._run,), name=THREAD_NAME, daemon=True
         )
 
-    def start(self) -> None:
+    def start(self, prime: bool = False) -> None:
+        """Start the thread; ``prime``: start the sentinel first, on this thread
+        (``GilLayers.prime``: install() does, so a freeze right after it is seen)."""
+        if prime:
+            try:
+                self.gil.prime(self.watches)
+            except Exception as e:  # boundary: the thread's first round tries again
+                self._error("gil layers", e)
+        # Silence counts from here: a C call holding the GIL can begin before
+        # the thread's first round.
+        self._started = (time.monotonic(), time.process_time())
         self._thread.start()
+        self.gil.sentinel.watchdog_thread(self._thread.native_id)
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
@@ -148,8 +160,13 @@ class Watchdog:
             loop = _observe.find_loop(w, tops)
             if loop is not None:
                 _registry.attach(w, loop)
-            return
+            # A loop that held the GIL from its first step on (a C call before any
+            # round saw it run): the capture taken in that silence is of this loop
+            # if it shows the loop running; else we start watching next round.
+            if w.loop is None or not _observe.ran_loop(cap, w.thread_ident):
+                return
         obs = _observe.observe(w, now, tops, cap, silent)
+
         if _detect.needs_details(w.state, obs):
             obs = _observe.with_details(w, obs, tops)
         p = self.pipeline
@@ -240,8 +257,8 @@ class Watchdog:
     def _rounds(self) -> None:
         # Opened on this thread: /proc/thread-self is the watchdog's own entry.
         own_delay = RunDelay("/proc/thread-self/schedstat")
-        expected = wall_before = time.monotonic()
-        cpu_before = time.process_time()
+        wall_before, cpu_before = self._started
+        expected = wall_before
         own_before: float | None = None
         rd_at = -RUN_DELAY_EVERY
         parked_wait = loop_woke = False
