@@ -352,6 +352,7 @@ async def test_json_loads_holds_the_gil(run):
 '''
 
 
+@pytest.mark.timeout(180)  # 20 blocks of ~0.5 s, each test's own watchdog and sentinel
 def test_gil_holding_blocks_fail_naming_the_line(pytester: pytest.Pytester) -> None:
     """A regex or a json.loads holding the GIL ~0.5 s from the test's first step on,
     threshold 0.1: all 10 runs of each fail, each naming its exact line (the plugin
