@@ -76,6 +76,9 @@ def _install(loop: asyncio.AbstractEventLoop | None, config: Config,
             if existing is not None and not existing.closed:
                 return existing
         me = threading.get_ident()
+        # The kernel's id of this thread, said by itself (threading's record of
+        # a forking thread can be the parent's): the sentinel signals it.
+        _state.native_ids[me] = threading.get_native_id()
         if loop is None:
             pending: Watchdog | None = _state.watchdog
             for w in pending.watches if pending else ():
@@ -241,6 +244,7 @@ def _after_fork_in_child() -> None:
     if _state.notifier is not None:  # systemd watches the main process, not its children
         _state.notifier.close()
     _state.reset()
+    _state.native_ids[me] = threading.get_native_id()  # not the parent's id of this thread
     events.after_fork()
     _metrics.after_fork()
     if rearm is not None:

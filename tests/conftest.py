@@ -130,7 +130,8 @@ def events() -> Iterator[Events]:
 
 
 SERIAL = (
-    "tests/test_gil.py", "tests/test_gil_sentinel.py", "tests/test_core_busy_cost.py",
+    "tests/test_gil.py", "tests/test_gil_sentinel.py", "tests/test_gil_fork.py",
+    "tests/test_core_busy_cost.py",
     "tests/test_core_idle.py", "tests/test_overload.py",
     "tests/test_core_tasks.py::test_busy_healthy_loop_no_false_freeze",
     "tests/test_core_install.py::test_loop_stopped_then_closed_with_beat_pending",
