@@ -72,6 +72,7 @@ def test_gil_held_freeze_in_a_forked_child_is_dumped_while_it_lasts(tmp_path: Pa
     assert status == "0", err
     assert early and not returned_before, f"no dump while the child's regex ran: {err}"
     file, line, code = pin(str(script), "child-regex")
+    assert early["blocking_frame"]["file"] == file
     assert early["pid"] == int(child) and early["gil_held"] is True, err
     assert (early["blocking_frame"]["line"], early["blocking_frame"]["code"]) == (line, code)
     k = early["kernel"]
