@@ -80,7 +80,11 @@ class GilLayers:
                 text = self.signal_dump.take()
                 if text:
                     self.captures += 1
-                    cap = Capture(text, now, silent)
+                    # The silence the sentinel saw, from its start: a C call that
+                    # took the GIL in the middle of our previous round leaves that
+                    # round looking short (its end came after the call returned).
+                    since = sp.signalled_since()
+                    cap = Capture(text, now, now - since if 0.0 < since <= now else silent)
         elif not fh and self.signal_dump.active:
             self.sentinel.allow_signal(False)
             self.signal_dump.close()

@@ -29,6 +29,8 @@ mapped by both sides:
                     write dumps: loops, thresholds, dump directories)
     offset 224 u64  dumps written by the sentinel
     offset 232 u64  1 while the watchdog has a freeze open (it writes those dumps)
+    offset 240 f64  since when (CLOCK_MONOTONIC) the watchdog was silent at the
+                    sentinel's last signal round (written before offset 64)
     offset 256 MAX_LOOPS x u64: each loop's last answered heartbeat
 
 The sentinel writes the dump of a freeze no Python thread can see
@@ -92,6 +94,7 @@ from ._sentinel_main import (
     _OK_TO_SIGNAL,
     _OPEN,
     _PAIR,
+    _SINCE,
     _SIZE,
     MAX_LOOPS,
     RESULT,
@@ -246,6 +249,12 @@ class Sentinel:
 
     def signalling(self) -> bool:
         return self._mm is not None and struct.unpack_from("<Q", self._mm, 40)[0] == 1
+
+    def signalled_since(self) -> float:
+        """Since when the watchdog was silent, by the sentinel's clock, at its last
+        signal round (0.0: none yet)."""
+        return float(struct.unpack_from("<d", self._mm, _SINCE)[0]) if self._mm is not None \
+            else 0.0
 
     def signal_rounds(self) -> int:
         """Signal rounds the sentinel completed (a capture may be waiting when it moves)."""

@@ -35,6 +35,7 @@ _SEQ = 208  # the last dump sequence number taken, by the watchdog or the sentin
 _CONFIG_GEN = 216  # bumped by the parent each time it rewrites config.json
 _DUMPS = 224  # dumps written by the sentinel
 _OPEN = 232  # 1 while the watchdog has a freeze open (declared live: its dumps)
+_SINCE = 240  # f64: since when (monotonic) the watchdog was silent at the last signal round
 _ANSWERED = 256  # MAX_LOOPS of them, aligned with the pairs: last answered beats
 _SIZE = 512
 RESULT = "native.json"
@@ -280,9 +281,7 @@ def main(argv: list[str]) -> int:
     last = gen = -1
     changed_at = quiet_until = time.monotonic()  # the last beat; silence counts from quiet_until
     base: tuple[float, float] | None = None  # the watchdog's schedstat at its last beat
-    signalled = pyspy_done = False
-    captures = rounds = 0
-    wait = poll
+    signalled, pyspy_done, captures, rounds, wait = False, False, 0, 0, poll
 
     def still(count: int) -> bool:  # no beat since ``count``: the watchdog is still silent
         return int(struct.unpack_from("<Q", mm, 0)[0]) == count
@@ -340,6 +339,7 @@ def main(argv: list[str]) -> int:
                     text = signaller.dump(signal_fd, _loops(mm), mm)
                 finally:
                     rounds += 1
+                    struct.pack_into("<d", mm, _SINCE, quiet_until)  # before the round count
                     struct.pack_into("<Q", mm, 64, rounds)
                     busy(40, False)
                 if text:
