@@ -160,8 +160,7 @@ class GilLayers:
         suspended process): not a freeze, so a dump the sentinel wrote in it is
         removed - unless it was long (``_sentinel_freeze.LONG``): evidence kept."""
         sp = self.sentinel
-        if sp.proc is None or not sp.dumps_written() or \
-                seconds >= max(LONG_MIN, LONG * threshold):
+        if sp.proc is None or seconds >= max(LONG_MIN, LONG * threshold):
             return
         for ident in idents:
             got = sp.dump_of(ident, since, wait=sp.limit + 2.0)
@@ -182,7 +181,7 @@ class GilLayers:
         freeze that began at ``since`` (monotonic): its path and ``detected_at``.
         The pipeline completes that file instead of writing a new one."""
         sp = self.sentinel
-        if sp.proc is None or not sp.dumps_written():
+        if sp.proc is None:  # not gated on dumps_written(): stored after the files
             return None
         return sp.dump_of(ident, since, wait=sp.limit + 2.0)
 

@@ -39,12 +39,9 @@ _SINCE = 240  # f64: since when (monotonic) the watchdog was silent at the last 
 _ANSWERED = 256  # MAX_LOOPS of them, aligned with the pairs: last answered beats
 _SIZE = 512
 RESULT = "native.json"
-MAX_OUTPUT = 256 * 1024
-"""Bytes of py-spy output read (``_snapshot.native.MAX_OUTPUT``): beyond, dropped."""
-STEADY_WINDOW = 0.03
-"""A loop thread must not have slept (switched) for this long before it is signalled."""
-_SETTLE = 0.005
-"""A signalled thread's stack is complete once the file stopped growing this long."""
+MAX_OUTPUT = 256 * 1024  # bytes of py-spy output read (_snapshot.native.MAX_OUTPUT)
+STEADY_WINDOW = 0.03  # s a loop thread must not have slept (switched) before it is signalled
+_SETTLE = 0.005  # s: a signalled thread's stack is complete once its file stopped growing
 
 
 def _stopped(pid: int) -> bool:
@@ -59,8 +56,11 @@ def _run_pyspy(argv: list[str], limit: float, parent: int) -> tuple[int, str, st
     stopped_before = _stopped(parent)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         # Files, not pipes: py-spy stops the parent, never us; read back bounded.
-        p = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                             start_new_session=True)
+        try:
+            p = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
+        except OSError as e:  # removed or replaced since install() (a package upgrade)
+            return 127, "", f"py-spy not found or not runnable: {e}", False
         try:
             code = p.wait(limit)
         except subprocess.TimeoutExpired:
