@@ -46,9 +46,9 @@ __all__ = [
     "PARK_MAX_EXITS", "STALL_SCAN_EVERY", "Decision", "Declared", "Ended", "Freeze", "GilSeen",
     "Gone", "Ignored", "Lag", "Late", "LoopState", "Observation", "SampleWaits", "ScanStalls",
     "Send", "Silence", "SilentGil", "SilentSentinel", "Suspended", "UpdateDue", "blocked_for",
-    "busy_selector", "explain_silence", "needs_details", "next_update", "next_wake", "overdue",
-    "park_for", "pin_ok", "rate_limited", "round_stalled", "send_failed", "sent", "step",
-    "void_pending",
+    "busy_selector", "explain_silence", "held_throughout", "needs_details", "next_update",
+    "next_wake", "overdue", "park_for", "pin_ok", "rate_limited", "round_stalled",
+    "send_failed", "sent", "step", "void_pending",
 ]
 
 STALL_SCAN_EVERY = 0.5
@@ -381,8 +381,18 @@ def round_stalled(spent: float, cpu: float, min_threshold: float) -> bool:
     return spent > 0.5 * min_threshold and cpu < 0.5 * spent
 
 
-def pin_ok(idle: bool, owns_gil_in_c: bool, need_held_gil: bool) -> bool:
+def pin_ok(idle: bool, owns_gil_in_c: bool, need_held_gil: bool, held: bool = False) -> bool:
     """Can a GIL-held freeze be pinned on the sentinel's py-spy stack of the
     loop thread? Not if it shows the loop idle; for a silence with no beat
-    out, only if the thread owned the GIL inside a C function."""
-    return not idle and (owns_gil_in_c or not need_held_gil)
+    out, only if the thread owned the GIL inside a C function and ``held`` it
+    throughout (``held_throughout``): a uvloop thread is in C with the GIL most
+    of the time, so one sample of a busy loop shows that too."""
+    return not idle and (not need_held_gil or (owns_gil_in_c and held))
+
+
+def held_throughout(switches: Sequence[int | None] | None) -> bool:
+    """The sentinel's two looks at the loop thread's voluntary context switches in
+    the silence (its first, and right before py-spy) agree: it never slept. A busy
+    loop that starves the watchdog blocks on the GIL each time it hands it over."""
+    return switches is not None and len(switches) == 2 and switches[0] is not None \
+        and switches[0] == switches[1]

@@ -56,6 +56,9 @@ class GilLayers:
         self._idents: tuple[tuple[int | None, int], ...] = ()
         self._signal_rounds = 0
         self.captures = 0
+        # Per loop thread ident: its voluntary switches at the sentinel's first look in
+        # the silence and right before its last py-spy run (``_detect.held_throughout``).
+        self.native_switches: dict[int, list[int | None]] = {}
 
     def round(self, now: float, watches: Sequence[Any], silent: float) -> Capture | None:
         """Beat the sentinel; the faulthandler capture it had taken, if any."""
@@ -182,6 +185,9 @@ class GilLayers:
                 return Native(False, error="py-spy output exceeded its bound and was dropped",
                               source="sentinel")
             if raw is not None:
+                sw = raw.get("switches")
+                self.native_switches = {int(k): v for k, v in sw.items()} \
+                    if isinstance(sw, dict) else {}
                 code = raw.get("code")
                 return native_from_output(
                     code if isinstance(code, int) else None, str(raw.get("stdout") or ""),

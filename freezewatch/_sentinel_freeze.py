@@ -39,6 +39,13 @@ LONG = 4.0
 machine: a freeze that long is evidence to keep, whatever slowed it."""
 LONG_MIN = 2.0
 REPORT = "dump.json"
+STEADY = 0.03
+"""Seconds at least between the two looks at a loop thread's switches before py-spy."""
+
+
+def steady(before: int | None, after: int | None) -> bool:
+    """No voluntary context switch between two looks (``_detect.held_throughout``)."""
+    return before is not None and before == after
 
 
 class Loop:
@@ -63,6 +70,11 @@ class Loop:
         self.answered: int | None = None
         """The loop's last answered heartbeat when it was dumped: the same freeze
         goes on (over the watchdog's beats) until that moves."""
+        self.mark: int | None = None
+        """Its thread's voluntary switches at the sentinel's first look in this silence."""
+        self.marked_at = 0.0
+        self.steady = False
+        """No switch from the mark to right before py-spy: it held the GIL throughout."""
 
 
 class Dumper:
@@ -113,6 +125,27 @@ class Dumper:
                 lp.cpu0 = dump.thread_cpu(self.parent, lp.tid)
                 lp.wait0 = dump.thread_cpu(self.parent, lp.tid, 1)
 
+    def look(self) -> None:
+        """Inside a silence: the first look at each loop thread's switches (its mark)."""
+        for lp in self.loops.values():
+            if lp.mark is None:
+                lp.mark, lp.marked_at = self.switches(lp.tid), time.monotonic()
+
+    def before_native(self) -> dict[str, list[int | None]]:
+        """Right before py-spy (which stops every thread: a switch each), each loop
+        thread's switches at its mark and now, ``STEADY`` s apart at least. A busy
+        loop that starves the watchdog of the GIL hands it over now and then, and
+        blocks on the GIL meanwhile: it switches. One long C call never does."""
+        self.look()
+        if any(time.monotonic() - lp.marked_at < STEADY for lp in self.loops.values()):
+            time.sleep(STEADY)
+        out: dict[str, list[int | None]] = {}
+        for lp in self.loops.values():
+            now = self.switches(lp.tid)
+            lp.steady = steady(lp.mark, now)
+            out[str(lp.ident)] = [lp.mark, now]
+        return out
+
     def frozen(self, lp: Loop, silence: float) -> bool:
         """Busy when captured, has not slept since, and was not kept off a CPU
         for half of that time (an overloaded machine, which the watchdog voids;
@@ -137,8 +170,10 @@ class Dumper:
 
     def native(self, nat: dict[str, Any], silence: float, may_write: bool) -> None:
         """py-spy's capture: into each dump written; a dump for a loop py-spy shows
-        owning the GIL in C where faulthandler saw nothing (``may_write``: the
-        watchdog has no freeze open)."""
+        owning the GIL in C where faulthandler saw nothing, if its thread did not
+        switch since the sentinel's first look in the silence (``before_native``;
+        one sample of a uvloop thread, usually in C with the GIL, proves nothing;
+        ``may_write``: the watchdog has no freeze open)."""
         for lp in self.loops.values():
             if lp.path is not None and lp.doc is not None:
                 lp.doc["native"] = nat
@@ -146,7 +181,7 @@ class Dumper:
                 continue
             got = dump.python_frames(nat, lp.ident) if nat.get("ok") else None
             if may_write and lp.frames is None and got is not None and got[1] and \
-                    not dump.idle(got[0], lp.cfg.get("idle_at")) and \
+                    lp.steady and not dump.idle(got[0], lp.cfg.get("idle_at")) and \
                     silence >= lp.cfg["threshold"]:
                 lp.frames, lp.captured_by = got[0], "py-spy (sentinel)"
                 lp.cpu0, lp.at = dump.thread_cpu(self.parent, lp.tid), time.monotonic()

@@ -237,11 +237,27 @@ def test_silent_watchdog_asks_the_sentinel(silent: float, answered: float, fires
     assert ("SilentSentinel" in kinds(out)) is fires
 
 
-@pytest.mark.parametrize(("idle", "owns", "need", "ok"), [
-    (False, True, True, True), (False, False, True, False), (False, False, False, True),
-    (True, True, True, False), (True, True, False, False)])
-def test_pinning_on_the_sentinels_stack(idle: bool, owns: bool, need: bool, ok: bool) -> None:
-    assert d.pin_ok(idle, owns, need) is ok
+@pytest.mark.parametrize(("idle", "owns", "need", "held", "ok"), [
+    (False, True, True, True, True),
+    (False, True, True, False, False),   # owned the GIL in C when sampled, but slept meanwhile
+    (False, False, True, True, False), (False, False, False, False, True),
+    (False, True, False, False, True),   # a late beat: the beat itself proves the freeze
+    (True, True, True, True, False), (True, True, False, False, False)])
+def test_pinning_on_the_sentinels_stack(idle: bool, owns: bool, need: bool, held: bool,
+                                        ok: bool) -> None:
+    assert d.pin_ok(idle, owns, need, held) is ok
+
+
+@pytest.mark.parametrize(("switches", "held"), [
+    ([1041, 1041], True),     # one long C call: not one voluntary switch from first look to py-spy
+    ([1041, 1042], False),    # a busy loop handed the GIL over (blocked on it) once: not held
+    ([1041, 1390], False),    # a saturated uvloop loop: switches all along
+    ([None, 1041], False), ([1041, None], False), (None, False), ([], False),  # unknown
+    ([5, 5, 5], False),
+])
+def test_a_silence_is_a_held_gil_only_if_the_loop_thread_never_slept(
+        switches: list[int | None] | None, held: bool) -> None:
+    assert d.held_throughout(switches) is held
 
 
 # -- long freezes, stopped loops ------------------------------------------------------------
