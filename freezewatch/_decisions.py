@@ -20,6 +20,9 @@ class GilSeen:
     silent: float
     """Seconds the watchdog had been silent when it read the capture."""
     read_at: float
+    slept: bool = False
+    """The sentinel saw the loop thread switch after the capture, the watchdog
+    still blocked: it ran on (a busy loop keeping the GIL from the watchdog)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -212,9 +212,11 @@ def _ran_inside(start: float, end: float, answered: float, threshold: float) -> 
 def _silent_gil(st: LoopState, obs: Observation) -> SilentGil | None:
     """faulthandler fired with this loop busy while no heartbeat was out (the
     loop was idle when the C call began): frozen for as long as the watchdog
-    could not run, its silent stretch, within one interval."""
+    could not run, its silent stretch, within one interval. Not if its thread
+    slept after the capture: a busy loop starving the watchdog of the GIL."""
     cap = obs.gil
-    if cap is None or cap.silent < st.threshold or obs.allow_depth or not cap.busy:
+    if cap is None or cap.silent < st.threshold or obs.allow_depth or not cap.busy \
+            or cap.slept:
         return None
     # The watchdog can be silent because the machine is loaded, not because
     # the GIL was held. If the loop ran Python (answered a heartbeat) inside

@@ -83,7 +83,7 @@ class GilLayers:
                 text = self.signal_dump.take()
                 if text:
                     self.captures += 1
-                    cap = Capture(text, now, silent)
+                    cap = Capture(text, now, silent, sp.slept(now - silent))
         elif not fh and self.signal_dump.active:
             self.sentinel.allow_signal(False)
             self.signal_dump.close()

@@ -39,6 +39,8 @@ LONG = 4.0
 machine: a freeze that long is evidence to keep, whatever slowed it."""
 LONG_MIN = 2.0
 REPORT = "dump.json"
+SLEPT = "slept.json"
+"""Loops whose thread slept after faulthandler's capture in this silence: not frozen."""
 STEADY = 0.03
 """Seconds at least between the two looks at a loop thread's switches before py-spy."""
 
@@ -74,6 +76,8 @@ class Loop:
         """Its thread's voluntary switches at the sentinel's first look in this silence."""
         self.marked_at = 0.0
         self.steady = False
+        self.slept = False
+        """Its thread switched since faulthandler's capture, the watchdog still blocked."""
         """No switch from the mark to right before py-spy: it held the GIL throughout."""
 
 
@@ -164,9 +168,30 @@ class Dumper:
         watchdog still waits; ``pending``: py-spy is yet to run)."""
         if not blocked:
             return
+        self._note_slept()
         for lp in self.loops.values():
             if lp.path is None and silence >= lp.cfg["threshold"] and self.frozen(lp, silence):
                 self._write(lp, "freeze", dump.PENDING if pending else None, silence)
+
+    def _note_slept(self) -> None:
+        """A loop thread captured busy that switched since, while the watchdog still
+        waits: a busy loop keeping the watchdog from the GIL, not a C call holding
+        it. Written for the watchdog (``_sentinel.Sentinel.slept``), which then
+        does not take its silence for a GIL-held freeze of that loop."""
+        new = [lp for lp in self.loops.values() if lp.frames is not None and not lp.slept
+               and lp.captured_by == "faulthandler" and lp.switches is not None
+               and self.switches(lp.tid) != lp.switches]
+        if not new:
+            return
+        for lp in new:
+            lp.slept = True
+        doc = {"since": self.start, "idents": [lp.ident for lp in self.loops.values()
+                                               if lp.slept]}
+        tmp = os.path.join(self.directory, SLEPT + ".tmp")
+        with contextlib.suppress(OSError):
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(doc, f)
+            os.replace(tmp, os.path.join(self.directory, SLEPT))
 
     def native(self, nat: dict[str, Any], silence: float, may_write: bool) -> None:
         """py-spy's capture: into each dump written; a dump for a loop py-spy shows

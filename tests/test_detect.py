@@ -214,19 +214,32 @@ def test_faulthandler_saw_the_loop_busy_with_no_beat_out() -> None:
     assert d.SilentGil(2.0, 3.0) in out
 
 
-@pytest.mark.parametrize(("busy", "silent", "answered", "allow", "fires"), [
-    (True, 2.0, 2.5, 0, True),    # answered before the silence began
-    (False, 2.0, 2.5, 0, False),  # the capture shows the loop idle in its selector
-    (True, 0.5, 2.5, 0, False),   # silent less than a threshold
-    (True, 1.2, 4.4, 0, False),   # answered mid-silence: never frozen for a threshold
-    (True, 2.0, 2.5, 1, False),   # inside allow_blocking()
+@pytest.mark.parametrize(("busy", "silent", "answered", "allow", "slept", "fires"), [
+    (True, 2.0, 2.5, 0, False, True),    # answered before the silence began
+    (False, 2.0, 2.5, 0, False, False),  # the capture shows the loop idle in its selector
+    (True, 0.5, 2.5, 0, False, False),   # silent less than a threshold
+    (True, 1.2, 4.4, 0, False, False),   # answered mid-silence: never frozen for a threshold
+    (True, 2.0, 2.5, 1, False, False),   # inside allow_blocking()
+    # The sentinel saw the loop thread switch after the capture while the watchdog still
+    # waited: a busy (uvloop) loop keeping the GIL from the watchdog, not one C call.
+    (True, 2.0, 2.5, 0, True, False),
+    (True, 0.6, 4.4, 0, True, False),
 ])
 def test_silent_gil_freeze_guards(busy: bool, silent: float, answered: float, allow: int,
-                                  fires: bool) -> None:
+                                  slept: bool, fires: bool) -> None:
     st = state()
-    gil = d.GilSeen(busy=busy, silent=silent, read_at=5.0)
+    gil = d.GilSeen(busy=busy, silent=silent, read_at=5.0, slept=slept)
     out = d.step(st, obs(5.0, (0, answered), gil=gil, allow_depth=allow))
     assert ("SilentGil" in kinds(out)) is fires
+
+
+def test_a_late_beat_is_a_freeze_even_if_the_loop_slept_after_the_capture() -> None:
+    """The beat's lag is the loop's own clock: a threshold late is a freeze, whoever starved."""
+    st = state()
+    d.sent(st, 0.0, None)
+    gil = d.GilSeen(busy=True, silent=2.9, read_at=3.0, slept=True)
+    out = d.step(st, obs(3.0, (1, 2.95), gil=gil, watchdog_silent=2.9))
+    assert out[:2] == [d.Lag(2.95), d.Late(2.95, 0.0, True)]
 
 
 @pytest.mark.parametrize(("silent", "answered", "fires"), [

@@ -28,7 +28,7 @@ from conftest import assert_contract, dumps
 from core_support import pin
 from test_gil import _calibrate
 
-from freezewatch import _sentinel_freeze
+from freezewatch import _sentinel, _sentinel_freeze
 
 APP = Path(__file__).with_name("saturated_app.py")
 RUNS = 10
@@ -119,3 +119,24 @@ def test_sentinel_writes_a_pyspy_dump_only_for_a_thread_that_never_slept(
     assert sw == {str(ident): counts}
     d.native(_native(ident), 1.2, True)
     assert (d.loops[ident].path == "written") is written
+
+
+@pytest.mark.parametrize(("after", "slept"), [(7, False), (9, True)])
+def test_sentinel_tells_the_watchdog_a_captured_loop_slept_since(
+        after: int, slept: bool, tmp_path: Path) -> None:
+    """faulthandler caught the loop thread busy; a switch afterwards, the watchdog
+    still blocked, makes it a busy loop for the watchdog (``Capture.slept``)."""
+    ident = 0x7F01
+    d = _sentinel_freeze.Dumper(os.getpid(), str(tmp_path), lambda: 1,
+                                lambda _tid: after, lambda _ident: 0)
+    d.cfg = {"loops": [{"ident": ident, "native_id": 4243, "threshold": 10.0,
+                        "dump_dir": str(tmp_path / "dumps"), "idle_at": None}]}
+    d.reset(100.0)
+    lp = d.loops[ident]
+    lp.frames, lp.switches = [{"file": "/app/x.py", "line": 3, "function": "f"}], 7
+    d.first(0.3, blocked=True, pending=False)
+    sp = _sentinel.Sentinel()
+    sp._dir = str(tmp_path)
+    assert (ident in sp.slept(100.0)) is slept
+    assert sp.slept(101.0) == frozenset()  # a later silence: not that one
+    d.first(0.3, blocked=False, pending=False)  # the watchdog runs again: no note
