@@ -158,6 +158,15 @@ class SilentSentinel:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class BusySilence:
+    """The watchdog was silent a threshold with no beat out, but the loop thread
+    slept after faulthandler's capture: a busy loop kept the GIL from the watchdog.
+    Not a freeze; a dump the sentinel wrote in that silence is removed."""
+    silent: float
+    since: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Suspended:
     """The loop's beat is late because its thread waited for a CPU: not a freeze."""
     seconds: float
@@ -192,4 +201,4 @@ class Send:
 
 
 Decision = (Lag | Declared | UpdateDue | Ended | Late | SilentGil | SilentSentinel
-            | Suspended | Ignored | Gone | ScanStalls | SampleWaits | Send)
+            | BusySilence | Suspended | Ignored | Gone | ScanStalls | SampleWaits | Send)

@@ -22,6 +22,7 @@ import math
 from collections.abc import Sequence
 
 from ._decisions import (
+    BusySilence,
     Decision,
     Declared,
     Ended,
@@ -43,11 +44,11 @@ from ._decisions import (
 )
 
 __all__ = [
-    "PARK_MAX_EXITS", "STALL_SCAN_EVERY", "Decision", "Declared", "Ended", "Freeze", "GilSeen",
-    "Gone", "Ignored", "Lag", "Late", "LoopState", "Observation", "SampleWaits", "ScanStalls",
-    "Send", "Silence", "SilentGil", "SilentSentinel", "Suspended", "UpdateDue", "blocked_for",
-    "busy_selector", "explain_silence", "held_throughout", "needs_details", "next_update",
-    "next_wake", "overdue", "park_for", "pin_ok", "rate_limited", "round_stalled",
+    "PARK_MAX_EXITS", "STALL_SCAN_EVERY", "BusySilence", "Decision", "Declared", "Ended", "Freeze",
+    "GilSeen", "Gone", "Ignored", "Lag", "Late", "LoopState", "Observation", "SampleWaits",
+    "ScanStalls", "Send", "Silence", "SilentGil", "SilentSentinel", "Suspended", "UpdateDue",
+    "blocked_for", "busy_selector", "explain_silence", "held_throughout", "needs_details",
+    "next_update", "next_wake", "overdue", "park_for", "pin_ok", "rate_limited", "round_stalled",
     "send_failed", "sent", "step", "void_pending",
 ]
 
@@ -209,14 +210,13 @@ def _ran_inside(start: float, end: float, answered: float, threshold: float) -> 
     return start < answered <= end and max(answered - start, end - answered) < threshold
 
 
-def _silent_gil(st: LoopState, obs: Observation) -> SilentGil | None:
+def _silent_gil(st: LoopState, obs: Observation) -> SilentGil | BusySilence | None:
     """faulthandler fired with this loop busy while no heartbeat was out (the
     loop was idle when the C call began): frozen for as long as the watchdog
     could not run, its silent stretch, within one interval. Not if its thread
     slept after the capture: a busy loop starving the watchdog of the GIL."""
     cap = obs.gil
-    if cap is None or cap.silent < st.threshold or obs.allow_depth or not cap.busy \
-            or cap.slept:
+    if cap is None or cap.silent < st.threshold or obs.allow_depth or not cap.busy:
         return None
     # The watchdog can be silent because the machine is loaded, not because
     # the GIL was held. If the loop ran Python (answered a heartbeat) inside
@@ -224,7 +224,7 @@ def _silent_gil(st: LoopState, obs: Observation) -> SilentGil | None:
     start = cap.read_at - cap.silent
     if _ran_inside(start, cap.read_at, obs.answered_at, st.threshold):
         return None
-    return SilentGil(cap.silent, start)
+    return (BusySilence if cap.slept else SilentGil)(cap.silent, start)
 
 
 def _silent_sentinel(st: LoopState, obs: Observation) -> SilentSentinel | None:

@@ -231,6 +231,8 @@ def test_silent_gil_freeze_guards(busy: bool, silent: float, answered: float, al
     gil = d.GilSeen(busy=busy, silent=silent, read_at=5.0, slept=slept)
     out = d.step(st, obs(5.0, (0, answered), gil=gil, allow_depth=allow))
     assert ("SilentGil" in kinds(out)) is fires
+    # Slept, and a freeze but for that: a busy loop (the sentinel's dump of it goes).
+    assert ("BusySilence" in kinds(out)) is (slept and silent >= T and answered < 3.0)
 
 
 def test_a_late_beat_is_a_freeze_even_if_the_loop_slept_after_the_capture() -> None:
