@@ -77,7 +77,10 @@ class Loop:
         self.marked_at = 0.0
         self.steady = False
         self.slept = False
-        """Its thread switched since faulthandler's capture, the watchdog still blocked."""
+        """Its thread switched (or its stack ``moved``) since faulthandler's capture,
+        the watchdog still blocked."""
+        self.moved = False
+        self.rechecked = False
         """No switch from the mark to right before py-spy: it held the GIL throughout."""
 
 
@@ -89,6 +92,8 @@ class Dumper:
         self.next_seq, self.switches, self.answered = next_seq, switches, answered
         self.cfg: dict[str, Any] = {}
         self.loops: dict[int, Loop] = {}
+        self.recapture: Callable[[], str] | None = None
+        """Signal the loop threads again: their stacks' text (``_Signaller.dump``)."""
         self.start = 0.0
         self.written = 0
         self._report: list[dict[str, Any]] = []
@@ -169,8 +174,21 @@ class Dumper:
         if not blocked:
             return
         self._note_slept()
-        for lp in self.loops.values():
-            if lp.path is None and silence >= lp.cfg["threshold"] and self.frozen(lp, silence):
+        due = [lp for lp in self.loops.values()
+               if lp.path is None and silence >= lp.cfg["threshold"] and self.frozen(lp, silence)]
+        if due and self.recapture is not None and any(not lp.rechecked for lp in due):
+            # A second stack before the dump: one C call is still on the same line, a
+            # busy loop that never slept (it kept the GIL through switch intervals
+            # of its own) has most likely moved on.
+            again = dump.parse_faulthandler(self.recapture())
+            for lp in due:
+                lp.rechecked = True
+                if [(f["file"], f["line"]) for f in again.get(lp.ident) or ()] != [
+                        (f["file"], f["line"]) for f in lp.frames or ()]:
+                    lp.moved = True
+            self._note_slept()
+        for lp in due:
+            if not lp.slept:
                 self._write(lp, "freeze", dump.PENDING if pending else None, silence)
 
     def _note_slept(self) -> None:
@@ -180,7 +198,7 @@ class Dumper:
         does not take its silence for a GIL-held freeze of that loop."""
         new = [lp for lp in self.loops.values() if lp.frames is not None and not lp.slept
                and lp.captured_by == "faulthandler" and lp.switches is not None
-               and self.switches(lp.tid) != lp.switches]
+               and (lp.moved or self.switches(lp.tid) != lp.switches)]
         if not new:
             return
         for lp in new:

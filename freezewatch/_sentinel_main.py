@@ -274,6 +274,7 @@ def main(argv: list[str]) -> int:
 
     dumper = helpers.Dumper(parent, directory, lambda: _take_seq(mm),
                             lambda tid: _switches(parent, tid), answered)
+    dumper.recapture = (lambda: signaller.dump(signal_fd, _loops(mm), mm)) if signaller else None
     last = gen = -1
     changed_at = quiet_until = time.monotonic()  # the last beat; silence counts from quiet_until
     base: tuple[float, float] | None = None  # the watchdog's schedstat at its last beat

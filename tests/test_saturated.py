@@ -140,3 +140,34 @@ def test_sentinel_tells_the_watchdog_a_captured_loop_slept_since(
     assert (ident in sp.slept(100.0)) is slept
     assert sp.slept(101.0) == frozenset()  # a later silence: not that one
     d.first(0.3, blocked=False, pending=False)  # the watchdog runs again: no note
+
+
+@pytest.mark.parametrize(("line_again", "written"), [(3, True), (9, False), (None, False)])
+def test_sentinel_looks_again_before_it_writes_a_faulthandler_dump(
+        line_again: int | None, written: bool, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Silent for a threshold, the loop thread never slept: a second stack first. The
+    same line is one C call (dumped); another line, or none (it slept meanwhile), is a
+    busy loop that kept the GIL (no dump, and the watchdog is told)."""
+    ident = 0x7F02
+    again = "" if line_again is None else (
+        f'Thread 0x{ident:x} (most recent call first):\n'
+        f'  File "/app/x.py", line {line_again} in f\n')
+    d = _sentinel_freeze.Dumper(os.getpid(), str(tmp_path), lambda: 1,
+                                lambda _tid: 7, lambda _ident: 0)
+    d.recapture = lambda: again
+    d.cfg = {"loops": [{"ident": ident, "native_id": 4244, "threshold": 0.5,
+                        "dump_dir": str(tmp_path / "dumps"), "idle_at": None}]}
+    d.reset(100.0)
+    lp = d.loops[ident]
+    lp.frames = _sentinel_freeze.dump.parse_faulthandler(
+        f'Thread 0x{ident:x} (most recent call first):\n  File "/app/x.py", line 3 in f\n'
+    )[ident]
+    lp.switches, lp.wait0 = 7, None
+    monkeypatch.setattr(_sentinel_freeze.Dumper, "_write",
+                        lambda self, lp, *a: setattr(lp, "path", "written"))
+    d.first(0.6, blocked=True, pending=False)
+    assert (lp.path == "written") is written
+    sp = _sentinel.Sentinel()
+    sp._dir = str(tmp_path)
+    assert (ident in sp.slept(100.0)) is not written
