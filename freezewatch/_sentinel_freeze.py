@@ -76,12 +76,12 @@ class Loop:
         """Its thread's voluntary switches at the sentinel's first look in this silence."""
         self.marked_at = 0.0
         self.steady = False
+        """No switch from the mark to right before py-spy: it held the GIL throughout."""
         self.slept = False
         """Its thread switched (or its stack ``moved``) since faulthandler's capture,
         the watchdog still blocked."""
         self.moved = False
         self.rechecked = False
-        """No switch from the mark to right before py-spy: it held the GIL throughout."""
 
 
 class Dumper:
@@ -180,11 +180,13 @@ class Dumper:
             # A second stack before the dump: one C call is still on the same line, a
             # busy loop that never slept (it kept the GIL through switch intervals
             # of its own) has most likely moved on.
+            # Not signalled again (it switched meanwhile, or the signal is no longer
+            # ours): its switch count decides, as before.
             again = dump.parse_faulthandler(self.recapture())
             for lp in due:
                 lp.rechecked = True
-                if [(f["file"], f["line"]) for f in again.get(lp.ident) or ()] != [
-                        (f["file"], f["line"]) for f in lp.frames or ()]:
+                if again.get(lp.ident) and [(f["file"], f["line"]) for f in again[lp.ident]] \
+                        != [(f["file"], f["line"]) for f in lp.frames or ()]:
                     lp.moved = True
             self._note_slept()
         for lp in due:

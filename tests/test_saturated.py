@@ -142,19 +142,24 @@ def test_sentinel_tells_the_watchdog_a_captured_loop_slept_since(
     d.first(0.3, blocked=False, pending=False)  # the watchdog runs again: no note
 
 
-@pytest.mark.parametrize(("line_again", "written"), [(3, True), (9, False), (None, False)])
+@pytest.mark.parametrize(("line_again", "switches_after", "written"), [
+    (3, 7, True),      # the same line, never slept: one C call
+    (9, 7, False),     # moved on without sleeping: a busy loop that kept the GIL
+    (None, 7, True),   # not signalled again (the signal is not ours now): the count decides
+    (None, 8, False),  # not signalled again because it slept: a busy loop
+])
 def test_sentinel_looks_again_before_it_writes_a_faulthandler_dump(
-        line_again: int | None, written: bool, tmp_path: Path,
+        line_again: int | None, switches_after: int, written: bool, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Silent for a threshold, the loop thread never slept: a second stack first. The
-    same line is one C call (dumped); another line, or none (it slept meanwhile), is a
-    busy loop that kept the GIL (no dump, and the watchdog is told)."""
+    same line is one C call (dumped); another line is a busy loop that kept the GIL
+    (no dump, and the watchdog is told)."""
     ident = 0x7F02
     again = "" if line_again is None else (
         f'Thread 0x{ident:x} (most recent call first):\n'
         f'  File "/app/x.py", line {line_again} in f\n')
     d = _sentinel_freeze.Dumper(os.getpid(), str(tmp_path), lambda: 1,
-                                lambda _tid: 7, lambda _ident: 0)
+                                lambda _tid: switches_after, lambda _ident: 0)
     d.recapture = lambda: again
     d.cfg = {"loops": [{"ident": ident, "native_id": 4244, "threshold": 0.5,
                         "dump_dir": str(tmp_path / "dumps"), "idle_at": None}]}
@@ -163,7 +168,7 @@ def test_sentinel_looks_again_before_it_writes_a_faulthandler_dump(
     lp.frames = _sentinel_freeze.dump.parse_faulthandler(
         f'Thread 0x{ident:x} (most recent call first):\n  File "/app/x.py", line 3 in f\n'
     )[ident]
-    lp.switches, lp.wait0 = 7, None
+    lp.switches, lp.wait0 = 7, None  # as at faulthandler's capture
     monkeypatch.setattr(_sentinel_freeze.Dumper, "_write",
                         lambda self, lp, *a: setattr(lp, "path", "written"))
     d.first(0.6, blocked=True, pending=False)
