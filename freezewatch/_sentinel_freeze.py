@@ -82,6 +82,8 @@ class Loop:
         the watchdog still blocked."""
         self.moved = False
         self.rechecked = False
+        self.rebase = False
+        """py-spy ran since: its stop is a switch of every thread; count afresh."""
 
 
 class Dumper:
@@ -151,9 +153,17 @@ class Dumper:
         out: dict[str, list[int | None]] = {}
         for lp in self.loops.values():
             now = self.switches(lp.tid)
-            lp.steady = steady(lp.mark, now)
+            lp.steady, lp.rebase = steady(lp.mark, now), True
             out[str(lp.ident)] = [lp.mark, now]
         return out
+
+    def _switched(self, lp: Loop) -> bool:
+        """Its thread switched since faulthandler's capture. py-spy's stop (a switch of
+        every thread) is not one of them: the count is taken afresh after a run."""
+        now = self.switches(lp.tid)
+        if lp.rebase:
+            lp.switches, lp.rebase = now, False
+        return lp.switches is None or now != lp.switches
 
     def frozen(self, lp: Loop, silence: float) -> bool:
         """Busy when captured, has not slept since, and was not kept off a CPU
@@ -166,7 +176,7 @@ class Dumper:
         if not long and lp.wait0 is not None and waited is not None and \
                 waited - lp.wait0 > 0.5 * (time.monotonic() - lp.at):
             return False
-        return lp.switches is not None and self.switches(lp.tid) == lp.switches
+        return lp.switches is not None and not self._switched(lp)
 
     def first(self, silence: float, blocked: bool, pending: bool) -> None:
         """Silent for a threshold: a dump for each loop seen frozen (``blocked``: the
@@ -200,7 +210,7 @@ class Dumper:
         does not take its silence for a GIL-held freeze of that loop."""
         new = [lp for lp in self.loops.values() if lp.frames is not None and not lp.slept
                and lp.captured_by == "faulthandler" and lp.switches is not None
-               and (lp.moved or self.switches(lp.tid) != lp.switches)]
+               and (lp.moved or self._switched(lp))]
         if not new:
             return
         for lp in new:

@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="L
 
 
 def _run(tmp_path: Path, kind: str, runs: int, seconds: float,
-         regex: int | None = None) -> list[dict[str, Any]]:
+         regex: int | None = None) -> tuple[list[dict[str, Any]], str]:
     argv = [sys.executable, str(APP), str(tmp_path), kind, str(runs), str(seconds)]
     if regex is not None:
         argv.append(str(regex))
@@ -48,13 +48,13 @@ def _run(tmp_path: Path, kind: str, runs: int, seconds: float,
     assert proc.returncode == 0, proc.stdout + proc.stderr
     got = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(got) == runs, proc.stdout + proc.stderr
-    return got
+    return got, proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("kind", ["uvloop", "asyncio"])
 def test_a_saturated_loop_is_never_reported_frozen(kind: str, tmp_path: Path) -> None:
     pytest.importorskip(kind)
-    runs = _run(tmp_path, kind, RUNS, SECONDS)
+    runs, out = _run(tmp_path, kind, RUNS, SECONDS)
     for i, r in enumerate(runs):
         found = dumps(tmp_path / f"run-{i}")
         docs = [assert_contract(p) for p in found]
@@ -66,7 +66,7 @@ def test_a_saturated_loop_is_never_reported_frozen(kind: str, tmp_path: Path) ->
             continue  # the machine stalled the loop itself for a threshold: a real lag
         assert docs == [], (r, [(p.name, d["blocked_for"], d.get("gil_held"),
                                  d.get("captured_by"), d["blocking_frame"]) for p, d in
-                                zip(found, docs, strict=True)])
+                                zip(found, docs, strict=True)], out)
         assert r["freezes"] == 0, r
 
 
@@ -74,10 +74,16 @@ def test_a_saturated_loop_is_never_reported_frozen(kind: str, tmp_path: Path) ->
 def test_the_same_harness_still_pins_a_real_gil_held_regex(kind: str, tmp_path: Path) -> None:
     pytest.importorskip(kind)
     subject = _calibrate(1.5)
-    (r,) = _run(tmp_path, kind, 1, SECONDS, regex=len(subject) - 1)
-    assert r["rounds"] >= 5 and r["calls"] >= 500, r
-    found = dumps(tmp_path / "run-0")
-    assert found, r
+    for attempt in range(3):
+        base = tmp_path / str(attempt)
+        (r,), out = _run(base, kind, 1, SECONDS, regex=len(subject) - 1)
+        assert r["rounds"] >= 5 and r["calls"] >= 500, r
+        found = dumps(base / "run-0")
+        if found or "process_suspended" not in out:
+            break
+    else:
+        pytest.skip("the machine was overloaded: the watchdog voided the freeze 3 times")
+    assert found, (r, out)
     doc = assert_contract(found[0])
     file, line, code = pin(APP, "sat-regex")
     assert doc["gil_held"] is True
