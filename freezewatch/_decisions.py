@@ -20,6 +20,9 @@ class GilSeen:
     silent: float
     """Seconds the watchdog had been silent when it read the capture."""
     read_at: float
+    slept: bool = False
+    """The sentinel saw the loop thread switch after the capture, the watchdog
+    still blocked: it ran on (a busy loop keeping the GIL from the watchdog)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -155,6 +158,15 @@ class SilentSentinel:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class BusySilence:
+    """The watchdog was silent a threshold with no beat out, but the loop thread
+    slept after faulthandler's capture: a busy loop kept the GIL from the watchdog.
+    Not a freeze; a dump the sentinel wrote in that silence is removed."""
+    silent: float
+    since: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Suspended:
     """The loop's beat is late because its thread waited for a CPU: not a freeze."""
     seconds: float
@@ -189,4 +201,4 @@ class Send:
 
 
 Decision = (Lag | Declared | UpdateDue | Ended | Late | SilentGil | SilentSentinel
-            | Suspended | Ignored | Gone | ScanStalls | SampleWaits | Send)
+            | BusySilence | Suspended | Ignored | Gone | ScanStalls | SampleWaits | Send)

@@ -22,6 +22,7 @@ import math
 from collections.abc import Sequence
 
 from ._decisions import (
+    BusySilence,
     Decision,
     Declared,
     Ended,
@@ -43,12 +44,12 @@ from ._decisions import (
 )
 
 __all__ = [
-    "PARK_MAX_EXITS", "STALL_SCAN_EVERY", "Decision", "Declared", "Ended", "Freeze", "GilSeen",
-    "Gone", "Ignored", "Lag", "Late", "LoopState", "Observation", "SampleWaits", "ScanStalls",
-    "Send", "Silence", "SilentGil", "SilentSentinel", "Suspended", "UpdateDue", "blocked_for",
-    "busy_selector", "explain_silence", "needs_details", "next_update", "next_wake", "overdue",
-    "park_for", "pin_ok", "rate_limited", "round_stalled", "send_failed", "sent", "step",
-    "void_pending",
+    "PARK_MAX_EXITS", "STALL_SCAN_EVERY", "BusySilence", "Decision", "Declared", "Ended", "Freeze",
+    "GilSeen", "Gone", "Ignored", "Lag", "Late", "LoopState", "Observation", "SampleWaits",
+    "ScanStalls", "Send", "Silence", "SilentGil", "SilentSentinel", "Suspended", "UpdateDue",
+    "blocked_for", "busy_selector", "explain_silence", "held_throughout", "needs_details",
+    "next_update", "next_wake", "overdue", "park_for", "pin_ok", "rate_limited", "round_stalled",
+    "send_failed", "sent", "step", "void_pending",
 ]
 
 STALL_SCAN_EVERY = 0.5
@@ -209,10 +210,11 @@ def _ran_inside(start: float, end: float, answered: float, threshold: float) -> 
     return start < answered <= end and max(answered - start, end - answered) < threshold
 
 
-def _silent_gil(st: LoopState, obs: Observation) -> SilentGil | None:
+def _silent_gil(st: LoopState, obs: Observation) -> SilentGil | BusySilence | None:
     """faulthandler fired with this loop busy while no heartbeat was out (the
     loop was idle when the C call began): frozen for as long as the watchdog
-    could not run, its silent stretch, within one interval."""
+    could not run, its silent stretch, within one interval. Not if its thread
+    slept after the capture: a busy loop starving the watchdog of the GIL."""
     cap = obs.gil
     if cap is None or cap.silent < st.threshold or obs.allow_depth or not cap.busy:
         return None
@@ -222,7 +224,7 @@ def _silent_gil(st: LoopState, obs: Observation) -> SilentGil | None:
     start = cap.read_at - cap.silent
     if _ran_inside(start, cap.read_at, obs.answered_at, st.threshold):
         return None
-    return SilentGil(cap.silent, start)
+    return (BusySilence if cap.slept else SilentGil)(cap.silent, start)
 
 
 def _silent_sentinel(st: LoopState, obs: Observation) -> SilentSentinel | None:
@@ -381,8 +383,18 @@ def round_stalled(spent: float, cpu: float, min_threshold: float) -> bool:
     return spent > 0.5 * min_threshold and cpu < 0.5 * spent
 
 
-def pin_ok(idle: bool, owns_gil_in_c: bool, need_held_gil: bool) -> bool:
+def pin_ok(idle: bool, owns_gil_in_c: bool, need_held_gil: bool, held: bool = False) -> bool:
     """Can a GIL-held freeze be pinned on the sentinel's py-spy stack of the
     loop thread? Not if it shows the loop idle; for a silence with no beat
-    out, only if the thread owned the GIL inside a C function."""
-    return not idle and (owns_gil_in_c or not need_held_gil)
+    out, only if the thread owned the GIL inside a C function and ``held`` it
+    throughout (``held_throughout``): a uvloop thread is in C with the GIL most
+    of the time, so one sample of a busy loop shows that too."""
+    return not idle and (not need_held_gil or (owns_gil_in_c and held))
+
+
+def held_throughout(switches: Sequence[int | None] | None) -> bool:
+    """The sentinel's two looks at the loop thread's voluntary context switches in
+    the silence (its first, and right before py-spy) agree: it never slept. A busy
+    loop that starves the watchdog blocks on the GIL each time it hands it over."""
+    return switches is not None and len(switches) == 2 and switches[0] is not None \
+        and switches[0] == switches[1]

@@ -250,11 +250,14 @@ class Capture:
     """One faulthandler capture, parsed: when the watchdog read it (monotonic), and for
     how long the watchdog had been silent then."""
 
-    def __init__(self, text: str, read_at: float, silent: float) -> None:
+    def __init__(self, text: str, read_at: float, silent: float,
+                 slept: frozenset[int] = frozenset()) -> None:
         self.text = text
         self.read_at = read_at
         self.silent = silent
         """Seconds the watchdog had not run before it read this capture."""
+        self.slept = slept
+        """Loop threads seen switching after it, the watchdog still blocked: busy loops."""
         self.stacks = parse(text)
 
     def frames_of(self, thread_id: int | None) -> tuple[Frame, ...] | None:

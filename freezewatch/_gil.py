@@ -56,6 +56,9 @@ class GilLayers:
         self._idents: tuple[tuple[int | None, int], ...] = ()
         self._signal_rounds = 0
         self.captures = 0
+        # Per loop thread ident: its voluntary switches at the sentinel's first look in
+        # the silence and right before its last py-spy run (``_detect.held_throughout``).
+        self.native_switches: dict[int, list[int | None]] = {}
 
     def round(self, now: float, watches: Sequence[Any], silent: float) -> Capture | None:
         """Beat the sentinel; the faulthandler capture it had taken, if any."""
@@ -84,7 +87,8 @@ class GilLayers:
                     # took the GIL in the middle of our previous round leaves that
                     # round looking short (its end came after the call returned).
                     since = sp.signalled_since()
-                    cap = Capture(text, now, now - since if 0.0 < since <= now else silent)
+                    began = since if 0.0 < since <= now else now - silent
+                    cap = Capture(text, now, now - began, sp.slept(min(began, now - silent)))
         elif not fh and self.signal_dump.active:
             self.sentinel.allow_signal(False)
             self.signal_dump.close()
@@ -202,6 +206,9 @@ class GilLayers:
                 return Native(False, error="py-spy output exceeded its bound and was dropped",
                               source="sentinel")
             if raw is not None:
+                sw = raw.get("switches")
+                self.native_switches = {int(k): v for k, v in sw.items()} \
+                    if isinstance(sw, dict) else {}
                 code = raw.get("code")
                 return native_from_output(
                     code if isinstance(code, int) else None, str(raw.get("stdout") or ""),

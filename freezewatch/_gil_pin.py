@@ -20,11 +20,14 @@ def sentinel_pin(w: LoopWatch, since: float,
     cfg = w.config
     if gl is None or not (cfg.sentinel and cfg.native) or gl.sentinel.proc is None:
         return None
+    gl.native_switches = {}
     native = gl.sentinel_native(since, cfg.sentinel, cfg.threshold)
     frames = _gil.python_frames(native, w.thread_ident)
+    tid = w.thread_ident
+    held = _detect.held_throughout(gl.native_switches.get(tid) if tid is not None else None)
     if frames is None or not _detect.pin_ok(_gil.idle(frames, idle_at(w)),
-                                            _gil.holds_gil_in_c(native, w.thread_ident),
-                                            need_held_gil):
+                                            _gil.holds_gil_in_c(native, tid),
+                                            need_held_gil, held):
         return None
     return frames, native
 

@@ -87,7 +87,7 @@ def gil_seen(w: LoopWatch, cap: Capture | None) -> _detect.GilSeen | None:
     if cap is None or frames is None:
         return None
     return _detect.GilSeen(busy=not _gil.idle(frames, idle_at(w)), silent=cap.silent,
-                           read_at=cap.read_at)
+                           read_at=cap.read_at, slept=w.thread_ident in cap.slept)
 
 
 # Python frames of a running asyncio loop: a captured stack with one of them was

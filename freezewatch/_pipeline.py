@@ -341,6 +341,13 @@ class Pipeline:
         rec.measured_by = "watchdog silence"
         self._end(w, rec, d.silent)
 
+    def busy_silence(self, w: LoopWatch, d: _detect.BusySilence) -> None:
+        """A busy loop kept the GIL from the watchdog: not a freeze. A dump the
+        sentinel wrote in that silence, before it saw the loop thread sleep, goes."""
+        gl = _gil.layers()
+        if gl is not None:
+            gl.discard_sentinel_dumps(d.since, [w.thread_ident], d.silent, w.config.threshold)
+
     def _unseen_dump(self, w: LoopWatch, lag: float, reason: str) -> str | None:
         """A dump for a freeze nobody saw: when, how long, why no stack, and the
         tasks and threads as they are now (after it). Never a guessed line."""

@@ -84,7 +84,7 @@ import threading
 import time
 
 from . import _state
-from ._sentinel_freeze import CONFIG, REPORT
+from ._sentinel_freeze import CONFIG, REPORT, SLEPT
 from ._sentinel_main import (
     _ANSWERED,
     _CONFIG_GEN,
@@ -330,6 +330,20 @@ class Sentinel:
                     and isinstance(r.get("path"), str)):
                 return r["path"], float(r.get("detected_at", time.time()))
         return None
+
+    def slept(self, since: float) -> frozenset[int]:
+        """Loop threads (idents) the sentinel saw switch after faulthandler's capture
+        in the silence that began at ``since`` or later (``Dumper._note_slept``)."""
+        if self._dir is None:
+            return frozenset()
+        try:
+            with open(os.path.join(self._dir, SLEPT), encoding="utf-8") as f:
+                doc = json.load(f)
+            if float(doc["since"]) >= since - 0.05:
+                return frozenset(int(i) for i in doc["idents"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return frozenset()
 
     def capturing(self) -> bool:
         return self._mm is not None and struct.unpack_from("<Q", self._mm, 32)[0] == 1

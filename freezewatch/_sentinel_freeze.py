@@ -39,6 +39,15 @@ LONG = 4.0
 machine: a freeze that long is evidence to keep, whatever slowed it."""
 LONG_MIN = 2.0
 REPORT = "dump.json"
+SLEPT = "slept.json"
+"""Loops whose thread slept after faulthandler's capture in this silence: not frozen."""
+STEADY = 0.03
+"""Seconds at least between the two looks at a loop thread's switches before py-spy."""
+
+
+def steady(before: int | None, after: int | None) -> bool:
+    """No voluntary context switch between two looks (``_detect.held_throughout``)."""
+    return before is not None and before == after
 
 
 class Loop:
@@ -63,6 +72,18 @@ class Loop:
         self.answered: int | None = None
         """The loop's last answered heartbeat when it was dumped: the same freeze
         goes on (over the watchdog's beats) until that moves."""
+        self.mark: int | None = None
+        """Its thread's voluntary switches at the sentinel's first look in this silence."""
+        self.marked_at = 0.0
+        self.steady = False
+        """No switch from the mark to right before py-spy: it held the GIL throughout."""
+        self.slept = False
+        """Its thread switched (or its stack ``moved``) since faulthandler's capture,
+        the watchdog still blocked."""
+        self.moved = False
+        self.rechecked = False
+        self.rebase = False
+        """py-spy ran since: its stop is a switch of every thread; count afresh."""
 
 
 class Dumper:
@@ -73,6 +94,8 @@ class Dumper:
         self.next_seq, self.switches, self.answered = next_seq, switches, answered
         self.cfg: dict[str, Any] = {}
         self.loops: dict[int, Loop] = {}
+        self.recapture: Callable[[], str] | None = None
+        """Signal the loop threads again: their stacks' text (``_Signaller.dump``)."""
         self.start = 0.0
         self.written = 0
         self._report: list[dict[str, Any]] = []
@@ -113,6 +136,35 @@ class Dumper:
                 lp.cpu0 = dump.thread_cpu(self.parent, lp.tid)
                 lp.wait0 = dump.thread_cpu(self.parent, lp.tid, 1)
 
+    def look(self) -> None:
+        """Inside a silence: the first look at each loop thread's switches (its mark)."""
+        for lp in self.loops.values():
+            if lp.mark is None:
+                lp.mark, lp.marked_at = self.switches(lp.tid), time.monotonic()
+
+    def before_native(self) -> dict[str, list[int | None]]:
+        """Right before py-spy (which stops every thread: a switch each), each loop
+        thread's switches at its mark and now, ``STEADY`` s apart at least. A busy
+        loop that starves the watchdog of the GIL hands it over now and then, and
+        blocks on the GIL meanwhile: it switches. One long C call never does."""
+        self.look()
+        if any(time.monotonic() - lp.marked_at < STEADY for lp in self.loops.values()):
+            time.sleep(STEADY)
+        out: dict[str, list[int | None]] = {}
+        for lp in self.loops.values():
+            now = self.switches(lp.tid)
+            lp.steady, lp.rebase = steady(lp.mark, now), True
+            out[str(lp.ident)] = [lp.mark, now]
+        return out
+
+    def _switched(self, lp: Loop) -> bool:
+        """Its thread switched since faulthandler's capture. py-spy's stop (a switch of
+        every thread) is not one of them: the count is taken afresh after a run."""
+        now = self.switches(lp.tid)
+        if lp.rebase:
+            lp.switches, lp.rebase = now, False
+        return lp.switches is None or now != lp.switches
+
     def frozen(self, lp: Loop, silence: float) -> bool:
         """Busy when captured, has not slept since, and was not kept off a CPU
         for half of that time (an overloaded machine, which the watchdog voids;
@@ -124,21 +176,59 @@ class Dumper:
         if not long and lp.wait0 is not None and waited is not None and \
                 waited - lp.wait0 > 0.5 * (time.monotonic() - lp.at):
             return False
-        return lp.switches is not None and self.switches(lp.tid) == lp.switches
+        return lp.switches is not None and not self._switched(lp)
 
     def first(self, silence: float, blocked: bool, pending: bool) -> None:
         """Silent for a threshold: a dump for each loop seen frozen (``blocked``: the
         watchdog still waits; ``pending``: py-spy is yet to run)."""
         if not blocked:
             return
-        for lp in self.loops.values():
-            if lp.path is None and silence >= lp.cfg["threshold"] and self.frozen(lp, silence):
+        self._note_slept()
+        due = [lp for lp in self.loops.values()
+               if lp.path is None and silence >= lp.cfg["threshold"] and self.frozen(lp, silence)]
+        if due and self.recapture is not None and any(not lp.rechecked for lp in due):
+            # A second stack before the dump: one C call is still on the same line, a
+            # busy loop that never slept (it kept the GIL through switch intervals
+            # of its own) has most likely moved on.
+            # Not signalled again (it switched meanwhile, or the signal is no longer
+            # ours): its switch count decides, as before.
+            again = dump.parse_faulthandler(self.recapture())
+            for lp in due:
+                lp.rechecked = True
+                if again.get(lp.ident) and [(f["file"], f["line"]) for f in again[lp.ident]] \
+                        != [(f["file"], f["line"]) for f in lp.frames or ()]:
+                    lp.moved = True
+            self._note_slept()
+        for lp in due:
+            if not lp.slept:
                 self._write(lp, "freeze", dump.PENDING if pending else None, silence)
+
+    def _note_slept(self) -> None:
+        """A loop thread captured busy that switched since, while the watchdog still
+        waits: a busy loop keeping the watchdog from the GIL, not a C call holding
+        it. Written for the watchdog (``_sentinel.Sentinel.slept``), which then
+        does not take its silence for a GIL-held freeze of that loop."""
+        new = [lp for lp in self.loops.values() if lp.frames is not None and not lp.slept
+               and lp.captured_by == "faulthandler" and lp.switches is not None
+               and (lp.moved or self._switched(lp))]
+        if not new:
+            return
+        for lp in new:
+            lp.slept = True
+        doc = {"since": self.start, "idents": [lp.ident for lp in self.loops.values()
+                                               if lp.slept]}
+        tmp = os.path.join(self.directory, SLEPT + ".tmp")
+        with contextlib.suppress(OSError):
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(doc, f)
+            os.replace(tmp, os.path.join(self.directory, SLEPT))
 
     def native(self, nat: dict[str, Any], silence: float, may_write: bool) -> None:
         """py-spy's capture: into each dump written; a dump for a loop py-spy shows
-        owning the GIL in C where faulthandler saw nothing (``may_write``: the
-        watchdog has no freeze open)."""
+        owning the GIL in C where faulthandler saw nothing, if its thread did not
+        switch since the sentinel's first look in the silence (``before_native``;
+        one sample of a uvloop thread, usually in C with the GIL, proves nothing;
+        ``may_write``: the watchdog has no freeze open)."""
         for lp in self.loops.values():
             if lp.path is not None and lp.doc is not None:
                 lp.doc["native"] = nat
@@ -146,7 +236,7 @@ class Dumper:
                 continue
             got = dump.python_frames(nat, lp.ident) if nat.get("ok") else None
             if may_write and lp.frames is None and got is not None and got[1] and \
-                    not dump.idle(got[0], lp.cfg.get("idle_at")) and \
+                    lp.steady and not dump.idle(got[0], lp.cfg.get("idle_at")) and \
                     silence >= lp.cfg["threshold"]:
                 lp.frames, lp.captured_by = got[0], "py-spy (sentinel)"
                 lp.cpu0, lp.at = dump.thread_cpu(self.parent, lp.tid), time.monotonic()

@@ -117,9 +117,7 @@ def _in_futex(parent: int, tid: int) -> bool | None:
             first = f.read().split()[0]
     except (OSError, IndexError):
         return None
-    if nr is None:
-        return None
-    return first.isdigit() and int(first) == nr
+    return None if nr is None else first.isdigit() and int(first) == nr
 
 
 def _watchdog_blocked(parent: int, tid: int, base: tuple[float, float] | None,
@@ -271,13 +269,12 @@ def main(argv: list[str]) -> int:
     mm, helpers = mmap.mmap(mfd, _SIZE), _helpers()
     signaller = _Signaller(parent, signum) if signal_fd >= 0 and signum else None
     def answered(ident: int) -> int | None:
-        for i, (idt, _) in enumerate(_loops(mm)):
-            if idt == ident:
-                return int(struct.unpack_from("<Q", mm, _ANSWERED + 8 * i)[0])
-        return None
+        at = [_ANSWERED + 8 * i for i, (idt, _) in enumerate(_loops(mm)) if idt == ident]
+        return int(struct.unpack_from("<Q", mm, at[0])[0]) if at else None
 
     dumper = helpers.Dumper(parent, directory, lambda: _take_seq(mm),
                             lambda tid: _switches(parent, tid), answered)
+    dumper.recapture = (lambda: signaller.dump(signal_fd, _loops(mm), mm)) if signaller else None
     last = gen = -1
     changed_at = quiet_until = time.monotonic()  # the last beat; silence counts from quiet_until
     base: tuple[float, float] | None = None  # the watchdog's schedstat at its last beat
@@ -291,11 +288,13 @@ def main(argv: list[str]) -> int:
 
     def native_now() -> tuple[dict[str, object], dict[str, object]]:
         busy(32, True)  # the caller clears it
+        switches = dumper.before_native()  # did each loop thread sleep in this silence?
         taken_at = time.monotonic()
         code, out, err, over = _run_pyspy(pyspy, limit, parent)
         return ({"taken_at": taken_at, "ended_at": time.monotonic(), "code": code,
                  "silent_for": taken_at - quiet_until, "stdout": out, "stderr": err,
-                 "limit": limit, "over": over}, helpers.dump.native(code, out, err, limit, over))
+                 "limit": limit, "over": over, "switches": switches}, helpers.dump.native(
+                    code, out, err, limit, over))
 
     try:
         while True:
@@ -331,6 +330,7 @@ def main(argv: list[str]) -> int:
                                   quiet_until + max(threshold, MIN_SILENCE) if pyspy else None)
                 continue
             blocked = wd_tid and _watchdog_blocked(parent, wd_tid, base, silence)
+            dumper.look()  # each loop thread's switches, once a silence (see native())
             if signaller is not None and not signalled and silence >= threshold / 2 and blocked:
                 # The GIL is held: every loop thread's Python stack, now.
                 signalled = True

@@ -187,6 +187,8 @@ class Watchdog:
                 p.late(w, d, cap)
             elif isinstance(d, (_detect.SilentGil, _detect.SilentSentinel)):
                 p.silent(w, d, cap)
+            elif isinstance(d, _detect.BusySilence):
+                p.busy_silence(w, d)
             elif isinstance(d, _detect.Suspended):
                 emit(w, FreezeEvent("process_suspended", w.name, round(d.seconds, 3),
                                     reason=f"the loop thread waited {d.waited:.2f} s for a "

@@ -133,6 +133,8 @@ SERIAL = (
     "tests/test_gil.py", "tests/test_gil_sentinel.py", "tests/test_gil_fork.py",
     "tests/test_core_busy_cost.py",
     "tests/test_core_idle.py", "tests/test_overload.py",
+    "tests/test_saturated.py::test_a_saturated_loop_is_never_reported_frozen",
+    "tests/test_saturated.py::test_the_same_harness_still_pins_a_real_gil_held_regex",
     "tests/test_core_tasks.py::test_busy_healthy_loop_no_false_freeze",
     "tests/test_core_install.py::test_loop_stopped_then_closed_with_beat_pending",
     "tests/test_native.py::test_back_to_back_freezes_while_pyspy_runs_are_each_detected",

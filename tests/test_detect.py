@@ -214,19 +214,34 @@ def test_faulthandler_saw_the_loop_busy_with_no_beat_out() -> None:
     assert d.SilentGil(2.0, 3.0) in out
 
 
-@pytest.mark.parametrize(("busy", "silent", "answered", "allow", "fires"), [
-    (True, 2.0, 2.5, 0, True),    # answered before the silence began
-    (False, 2.0, 2.5, 0, False),  # the capture shows the loop idle in its selector
-    (True, 0.5, 2.5, 0, False),   # silent less than a threshold
-    (True, 1.2, 4.4, 0, False),   # answered mid-silence: never frozen for a threshold
-    (True, 2.0, 2.5, 1, False),   # inside allow_blocking()
+@pytest.mark.parametrize(("busy", "silent", "answered", "allow", "slept", "fires"), [
+    (True, 2.0, 2.5, 0, False, True),    # answered before the silence began
+    (False, 2.0, 2.5, 0, False, False),  # the capture shows the loop idle in its selector
+    (True, 0.5, 2.5, 0, False, False),   # silent less than a threshold
+    (True, 1.2, 4.4, 0, False, False),   # answered mid-silence: never frozen for a threshold
+    (True, 2.0, 2.5, 1, False, False),   # inside allow_blocking()
+    # The sentinel saw the loop thread switch after the capture while the watchdog still
+    # waited: a busy (uvloop) loop keeping the GIL from the watchdog, not one C call.
+    (True, 2.0, 2.5, 0, True, False),
+    (True, 0.6, 4.4, 0, True, False),
 ])
 def test_silent_gil_freeze_guards(busy: bool, silent: float, answered: float, allow: int,
-                                  fires: bool) -> None:
+                                  slept: bool, fires: bool) -> None:
     st = state()
-    gil = d.GilSeen(busy=busy, silent=silent, read_at=5.0)
+    gil = d.GilSeen(busy=busy, silent=silent, read_at=5.0, slept=slept)
     out = d.step(st, obs(5.0, (0, answered), gil=gil, allow_depth=allow))
     assert ("SilentGil" in kinds(out)) is fires
+    # Slept, and a freeze but for that: a busy loop (the sentinel's dump of it goes).
+    assert ("BusySilence" in kinds(out)) is (slept and silent >= T and answered < 3.0)
+
+
+def test_a_late_beat_is_a_freeze_even_if_the_loop_slept_after_the_capture() -> None:
+    """The beat's lag is the loop's own clock: a threshold late is a freeze, whoever starved."""
+    st = state()
+    d.sent(st, 0.0, None)
+    gil = d.GilSeen(busy=True, silent=2.9, read_at=3.0, slept=True)
+    out = d.step(st, obs(3.0, (1, 2.95), gil=gil, watchdog_silent=2.9))
+    assert out[:2] == [d.Lag(2.95), d.Late(2.95, 0.0, True)]
 
 
 @pytest.mark.parametrize(("silent", "answered", "fires"), [
@@ -237,11 +252,27 @@ def test_silent_watchdog_asks_the_sentinel(silent: float, answered: float, fires
     assert ("SilentSentinel" in kinds(out)) is fires
 
 
-@pytest.mark.parametrize(("idle", "owns", "need", "ok"), [
-    (False, True, True, True), (False, False, True, False), (False, False, False, True),
-    (True, True, True, False), (True, True, False, False)])
-def test_pinning_on_the_sentinels_stack(idle: bool, owns: bool, need: bool, ok: bool) -> None:
-    assert d.pin_ok(idle, owns, need) is ok
+@pytest.mark.parametrize(("idle", "owns", "need", "held", "ok"), [
+    (False, True, True, True, True),
+    (False, True, True, False, False),   # owned the GIL in C when sampled, but slept meanwhile
+    (False, False, True, True, False), (False, False, False, False, True),
+    (False, True, False, False, True),   # a late beat: the beat itself proves the freeze
+    (True, True, True, True, False), (True, True, False, False, False)])
+def test_pinning_on_the_sentinels_stack(idle: bool, owns: bool, need: bool, held: bool,
+                                        ok: bool) -> None:
+    assert d.pin_ok(idle, owns, need, held) is ok
+
+
+@pytest.mark.parametrize(("switches", "held"), [
+    ([1041, 1041], True),     # one long C call: not one voluntary switch from first look to py-spy
+    ([1041, 1042], False),    # a busy loop handed the GIL over (blocked on it) once: not held
+    ([1041, 1390], False),    # a saturated uvloop loop: switches all along
+    ([None, 1041], False), ([1041, None], False), (None, False), ([], False),  # unknown
+    ([5, 5, 5], False),
+])
+def test_a_silence_is_a_held_gil_only_if_the_loop_thread_never_slept(
+        switches: list[int | None] | None, held: bool) -> None:
+    assert d.held_throughout(switches) is held
 
 
 # -- long freezes, stopped loops ------------------------------------------------------------
