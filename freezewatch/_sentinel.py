@@ -98,6 +98,7 @@ from ._sentinel_main import (
 from ._sentinel_share import SharedSeq, remove_stale_dirs
 from ._snapshot.native import allow_ptracer, pyspy_argv
 
+_BEAT = struct.Struct("<Qd")  # offset 0: the heartbeat counter and the stand-down deadline
 _MAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sentinel_main.py")
 """The sentinel program, run as a script (``python -I -S``)."""
 
@@ -144,6 +145,10 @@ class Sentinel:
         """The sentinel runs py-spy (False: it only signals loop threads)."""
         self._seq: SharedSeq | None = None
         self._config_gen = 0
+        # The page's fields as last written: a round rewrites only what changed.
+        self._threshold = -1.0
+        self._answered: dict[int | None, int] = {}
+        self._flags: dict[int, int] = {}
 
     @property
     def pid(self) -> int:
@@ -170,6 +175,7 @@ class Sentinel:
             self._mm = mmap.mmap(mfd, _SIZE)
             _LAYOUT.pack_into(self._mm, 0, 0, 0.0, threshold, 0, 0, 0,
                               threading.get_native_id(), 0, 0)
+            self._threshold, self._answered, self._flags = threshold, {}, {}
             rfd, self._wfd = os.pipe()  # both non-inheritable; rfd is passed explicitly
             os.set_blocking(self._wfd, False)  # resume() never blocks its caller
             # Not tempfile.mkdtemp on this thread: its first use takes a
@@ -208,13 +214,14 @@ class Sentinel:
 
     def beat(self, threshold: float, next_within: float) -> None:
         """One watchdog round: bump the counter, and say the next beat comes within
-        ``next_within`` s (silence counts only after that). Three stores."""
+        ``next_within`` s (silence counts only after that). One or two stores."""
         mm = self._mm
         if mm is not None:
             self._count += 1
-            struct.pack_into("<Q", mm, 0, self._count)
-            struct.pack_into("<d", mm, 8, time.monotonic() + next_within)
-            struct.pack_into("<d", mm, 16, threshold)
+            _BEAT.pack_into(mm, 0, self._count, time.monotonic() + next_within)
+            if threshold != self._threshold:
+                self._threshold = threshold
+                struct.pack_into("<d", mm, 16, threshold)
 
     def set_loops(self, loops: tuple[tuple[int, int], ...]) -> None:
         """The loop threads to signal: (thread ident, native id) pairs."""
@@ -229,9 +236,11 @@ class Sentinel:
         struct.pack_into("<Q", mm, 56, len(loops))
 
     def answered(self, seqs: dict[int | None, int]) -> None:
-        """Each loop's last answered heartbeat (by thread ident), once a round."""
+        """Each loop's last answered heartbeat (by thread ident), once a round
+        (written when it changed)."""
         mm = self._mm
-        if mm is not None:
+        if mm is not None and seqs != self._answered:
+            self._answered = seqs
             for i, (ident, _) in enumerate(self._loops[:MAX_LOOPS]):
                 struct.pack_into("<Q", mm, _ANSWERED + 8 * i, seqs.get(ident, 0))
 
@@ -281,13 +290,17 @@ class Sentinel:
     def freeze_open(self, is_open: bool) -> None:
         """The watchdog has a freeze open (declared live): it writes that freeze's
         dumps, the sentinel writes none."""
-        if self._mm is not None:
-            struct.pack_into("<Q", self._mm, _OPEN, 1 if is_open else 0)
+        self._flag(_OPEN, 1 if is_open else 0)
 
     def allow_signal(self, ok: bool) -> None:
         """Whether the sentinel may send the faulthandler signal (``_sigcheck``)."""
-        if self._mm is not None:
-            struct.pack_into("<Q", self._mm, _OK_TO_SIGNAL, 1 if ok else 0)
+        self._flag(_OK_TO_SIGNAL, 1 if ok else 0)
+
+    def _flag(self, at: int, value: int) -> None:
+        """A u64 of the page only the parent writes, stored when it changed."""
+        if self._mm is not None and self._flags.get(at) != value:
+            self._flags[at] = value
+            struct.pack_into("<Q", self._mm, at, value)
 
     def dumps_written(self) -> int:
         return int(struct.unpack_from("<Q", self._mm, _DUMPS)[0]) if self._mm is not None else 0

@@ -68,6 +68,9 @@ class Watchdog:
         # watchdog's loop leaving its selector (see _selector).
         self._event = _Wakeup()
         self._stopping = False
+        # True while the sentinel was told this thread sleeps by choice (parked):
+        # only then must a loop that wakes us tell the sentinel too (``wake``).
+        self._standing_down = False
         # Set at the end of each round: releases a saturated loop that stood
         # aside so this thread could take the GIL (see _selector.WakingSelector).
         self.handoff = threading.Event()
@@ -106,8 +109,12 @@ class Watchdog:
     def wake(self) -> None:
         """Called on a loop thread when its loop leaves select() while we are parked."""
         # The sleep we announced to the sentinel is cut short: silence counts
-        # from now (a C call holding the GIL may follow at once).
-        self.gil.sentinel.resume()
+        # from now (a C call holding the GIL may follow at once). Not when this
+        # thread is awake already (its round announced itself): an idle loop
+        # running our heartbeat wakes us in the middle of the round that sent
+        # it, and a byte on the sentinel's pipe would only wake the sentinel.
+        if self._standing_down:
+            self.gil.sentinel.resume()
         self._event.set()
 
     def _error(self, where: str, e: Exception) -> None:
@@ -262,7 +269,7 @@ class Watchdog:
                 loop_woke = woke > wall_before
                 silent = now - woke if loop_woke else max(0.0, late)
                 self.gil.sentinel.stand_down(0.0)
-                parked_wait = False
+                self._standing_down = parked_wait = False
             try:
                 self.pipeline.apply_native()  # py-spy traces taken since the last round
             except Exception as e:  # boundary: the dump-file sink
@@ -328,6 +335,7 @@ class Watchdog:
                 parked_wait = True
                 # The sentinel takes a silent watchdog for a held GIL: tell it
                 # this silence is chosen (a loop that wakes clears it at once).
+                self._standing_down = True
                 self.gil.sentinel.stand_down(wait + 0.25)
             # Run-delay baselines, refreshed twice a second rather than every
             # round: each read is a syscall that hands the GIL to a busy loop
