@@ -9,7 +9,6 @@ module only observes (``_observe``), sequences and sleeps.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import threading
 import time
@@ -20,6 +19,7 @@ from ._events import FreezeEvent
 from ._faulthandler import Capture
 from ._gil import GilLayers
 from ._handle import LoopWatch
+from ._loopwait import Wakeup
 from ._pipeline import Pipeline, emit
 from ._rundelay import RunDelay
 from ._sinks import health, metrics, otel
@@ -27,46 +27,20 @@ from ._snapshot.frames import thread_top_frames
 
 THREAD_NAME = "freezewatch-watchdog"
 RUN_DELAY_EVERY = 0.5
-MAX_PARK = 5.0
+MAX_PARK = 30.0
 """Longest parked sleep, a cap: the idle heartbeat (``idle_beat_every``) decides."""
 
+IDLE_ANSWER_WAIT = 0.005
+"""After an idle loop's heartbeat, the next round comes this soon (it answers at once)."""
+
 _NO_FRAMES: dict[int, types.FrameType] = {}  # never written: observers only read it
-
-
-class _Wakeup:
-    """A wake-up flag for the watchdog: ``set()`` from any thread, ``wait()`` on the watchdog.
-
-    A bare lock used as a binary semaphore: released means set. It does what
-    the watchdog needs of a threading.Event for a fraction of the cost:
-    Event.wait builds a Condition waiter (a new lock, a deque append, three
-    lock operations in Python) on every round, this is one C call. ``wait``
-    consumes the flag (the watchdog clears it at every round anyway)."""
-
-    __slots__ = ("_lock",)
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()  # held: not set
-
-    def set(self) -> None:
-        # Lock.release may be called by any thread; two set() racing: the
-        # second finds it released already, which is the state it wants.
-        with contextlib.suppress(RuntimeError):
-            self._lock.release()
-
-    def clear(self) -> None:
-        self._lock.acquire(False)
-
-    def wait(self, timeout: float) -> bool:
-        """Sleep until set() or ``timeout`` seconds; True if set (the flag is consumed)."""
-        return self._lock.acquire(True, max(0.0, timeout))
 
 
 class Watchdog:
     def __init__(self) -> None:
         # One flag for both reasons to wake early: stop(), and a parked
         # watchdog's loop leaving its selector (see _selector).
-        self._event = _Wakeup()
+        self._event = Wakeup()
         self._stopping = False
         # True while the sentinel was told this thread sleeps by choice (parked):
         # only then must a loop that wakes us tell the sentinel too (``wake``).
@@ -80,6 +54,9 @@ class Watchdog:
         # Handles dropped (uninstall) with a freeze open: ended when the thread stops.
         self.closing: list[LoopWatch] = []
         self._exits_before: dict[LoopWatch, int] = {}
+        self._on_loops = False  # parked on a uvloop loop's epoll descriptor (_park_kernel)
+        self._idle_sent = False  # this round sent an idle loop its heartbeat
+        self._loops_woke_at = 0.0  # when such a descriptor last woke us
         self.errors = 0
         self.rounds = 0  # rounds run (tests and benchmarks: parking shows here)
         # faulthandler + sentinel process: see what this thread cannot (a C
@@ -131,6 +108,7 @@ class Watchdog:
         finally:
             self.pipeline.close()
             self.gil.close()  # cancel our faulthandler handler, let the sentinel go
+            self._event.close()
 
     def _finish(self) -> None:
         """Watching stops: every freeze still open gets its end (freeze_ended, the
@@ -164,6 +142,7 @@ class Watchdog:
             if isinstance(d, _detect.Send):
                 self._prepare(w)
                 w.send()
+                self._idle_sent = self._idle_sent or obs.idle
             elif isinstance(d, _detect.Lag):
                 metrics.lag(w, d.seconds)  # a freeze's full duration is a lag sample too
                 otel.record_lag(w.name, d.seconds)  # a None check unless instrumented
@@ -193,6 +172,7 @@ class Watchdog:
                 _registry.remove(w)
         if not w.state.pending and w.idle is not None:
             w.exits_seen = w.idle.exits
+        w.frame_idle = obs.idle  # uvloop: parking looks at the kernel only while idle
 
     def _prepare(self, w: LoopWatch) -> None:
         """Before a loop's first beat: wrap its selector, so an idle loop can park us."""
@@ -220,9 +200,10 @@ class Watchdog:
             return None  # busy since the previous round: it will leave select() soon
         now = time.monotonic()
         waits = []
+        self._on_loops = False
         for w in watches:
             st = w.idle
-            sleep = None if st is None else _detect.park_for(
+            sleep = self._park_kernel(w, now) if st is None else _detect.park_for(
                 w.state, now, in_select=st.in_select, moved=st.exits != w.exits_seen,
                 has_units=bool(w.inflight), allow_depth=w.allow_depth)
             if sleep is not None and st is not None:
@@ -242,6 +223,26 @@ class Watchdog:
         if notifier is not None:  # systemd must be fed on time
             waits.append(notifier.period / 2)
         return min([*waits, MAX_PARK])
+
+    def _park_kernel(self, w: LoopWatch, now: float) -> float | None:
+        """A loop without a selector wrapper (uvloop): park on the kernel's view of its
+        thread (``_loopwait``), woken by its epoll descriptor."""
+        poll = self._event.poll
+        seen = w.kernel_wait() if poll.available() and (
+            w.frame_idle or w.state.loop_epfd is not None) else None
+        wakes_by = _detect.kernel_idle(w.state, seen, now, w.frame_idle)
+        sleep = None if wakes_by is None else _detect.park_for(
+            w.state, now, in_select=True, moved=False, has_units=bool(w.inflight),
+            allow_depth=w.allow_depth, wakes_by=wakes_by)
+        if sleep is None or seen is None or not poll.arm(seen.epfd):
+            return None
+        # Armed: its I/O from now on wakes us. Did it run since the look?
+        again = w.kernel_wait()
+        if again is None or again.runs != seen.runs:
+            return None
+        self.gil.sentinel.watch_fd(seen.epfd)  # the sentinel is woken by it too
+        self._on_loops = True
+        return sleep
 
     # -- the rounds -----------------------------------------------------------------
     def _rounds(self) -> None:
@@ -264,8 +265,8 @@ class Watchdog:
             if parked_wait:
                 # We chose to sleep: only what came after the wake-up we asked
                 # for (a loop leaving select, or the timeout) is silence.
-                woke = max((w.idle.woke_at for w in watches if w.idle is not None),
-                           default=0.0)
+                woke = max([self._loops_woke_at,
+                            *(w.idle.woke_at for w in watches if w.idle is not None)])
                 loop_woke = woke > wall_before
                 silent = now - woke if loop_woke else max(0.0, late)
                 self.gil.sentinel.stand_down(0.0)
@@ -328,6 +329,11 @@ class Watchdog:
                     _detect.void_pending(w.state, time.monotonic(), w.answered()[0])
             wait = min((_detect.next_wake(w.state, time.monotonic(), w.allow_depth,
                                           w.allow_exit_at) for w in watches), default=0.1)
+            if self._idle_sent:
+                # An idle loop answers its beat at once: look again while this
+                # thread is still warm, not a whole interval later (uvloop; an
+                # asyncio loop's selector wakes us anyway).
+                wait, self._idle_sent = min(wait, IDLE_ANSWER_WAIT), False
             parked = self._park(watches, loop_woke)
             loop_woke = False
             if parked is not None:
@@ -354,4 +360,5 @@ class Watchdog:
             for w in watches:
                 if w.idle is not None:
                     w.idle.due = expected
-            self._event.wait(wait)
+            if self._event.wait(wait, parked is not None and self._on_loops) is None:
+                self._loops_woke_at = time.monotonic()  # a uvloop loop woke: see _park
