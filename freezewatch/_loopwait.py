@@ -3,28 +3,26 @@
 uvloop waits for I/O in libuv's ``epoll_pwait(2)``, in C: there is no
 selector to wrap (``_selector``), so nothing on the loop thread says it is
 idle or wakes a parked watchdog. The watchdog asks the kernel instead, which
-costs the loop thread nothing:
+costs the loop thread nothing: ``WaitReader`` re-reads (pread on descriptors
+kept open) ``/proc/self/task/<tid>/syscall``, which says whether the loop
+thread is blocked in epoll_wait/epoll_pwait, on which epoll descriptor and
+with which timeout (its next timer), and the third field of its
+``schedstat``, how often it was scheduled in: unchanged between two looks,
+it did not run in between (``_detect.kernel_idle`` decides). Only that
+syscall counts: a loop thread frozen in a blocking call (``time.sleep`` is
+clock_nanosleep, a blocking ``recv`` recvfrom, read or poll) is never taken
+for idle, nor an epoll wait of the application's own (another descriptor).
 
-- ``WaitReader``: ``/proc/self/task/<tid>/syscall`` (kept open, re-read with
-  pread) says whether the loop thread is blocked in epoll_wait/epoll_pwait,
-  on which epoll descriptor, with which timeout (its next timer); the third
-  field of its ``schedstat`` counts how often it was scheduled in, so an
-  unchanged count between two looks means it did not run in between
-  (``_detect.kernel_idle`` decides). Only that syscall counts: a loop thread
-  frozen in a blocking call (``time.sleep`` is clock_nanosleep, a blocking
-  ``recv`` recvfrom, read or poll) is never taken for idle, and an epoll
-  wait of the application's own has the application's frame on top (the
-  watchdog looks only while the loop's idle frame is).
-- ``LoopPoll``: the parked watchdog sleeps in an epoll of its own that
-  watches the loop's epoll descriptor (an epoll descriptor is readable while
-  it has events for its owner), one-shot: I/O for the loop wakes the
-  watchdog at once, as the selector wrapper does on asyncio; the loop's own
-  timers are covered by the park's length (``_detect.park_for``).
+A parked watchdog cannot be woken by such a loop: it looks again every
+``interval`` (one pread, no round, ``Watchdog._sleep_on_kernel``) and runs
+a round as soon as the loop thread ran. (An epoll of its own watching the
+loop's epoll descriptor would be woken, but the readiness is re-checked
+when it is delivered, and by then the loop has taken its events: measured,
+it never fires.)
 
-``Wakeup`` is the watchdog's wake-up flag, and its sleep: on a lock, or in
-``LoopPoll`` while it is parked on such a loop. Reading another thread of our
-own process needs no ptrace permission.
-Nothing here raises: what cannot be read is None (then: no parking).
+``Wakeup`` is the watchdog's wake-up flag. Reading another thread of our
+own process needs no ptrace permission. Nothing here raises: what cannot be
+read is None (then: no parking).
 """
 
 from __future__ import annotations
@@ -32,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import select
 import threading
 
 from ._decisions import KernelWait
@@ -78,6 +75,13 @@ class WaitReader:
             ms -= 1 << 32
         return KernelWait(epfd, None if ms < 0 else ms / 1000, int(runs))
 
+    def runs(self) -> int | None:
+        """Times the thread was scheduled in so far (one pread): did it run since?"""
+        try:
+            return int(os.pread(self._ss, 128, 0).split()[2]) if self._ss >= 0 else None
+        except (OSError, IndexError, ValueError):
+            return None
+
     def close(self) -> None:
         for fd in (self._sc, self._ss):
             if fd >= 0:
@@ -89,58 +93,6 @@ class WaitReader:
         self.close()
 
 
-class LoopPoll:
-    """The watchdog's parked sleep over loops' epoll descriptors (watchdog thread only)."""
-
-    def __init__(self) -> None:
-        self._ep: select.epoll | None = None
-        self._own = -1
-        self.loop_fds: set[int] = set()
-
-    @staticmethod
-    def available() -> bool:
-        return bool(EPOLL_WAITS) and hasattr(select, "epoll") and hasattr(os, "eventfd")
-
-    def own(self, fd: int) -> None:
-        """The watchdog's own wake-up descriptor (an eventfd), always watched."""
-        self._own = fd
-        self._epoll().register(fd, select.EPOLLIN)
-
-    def _epoll(self) -> select.epoll:
-        if self._ep is None:
-            self._ep = select.epoll()
-        return self._ep
-
-    def arm(self, epfd: int) -> bool:
-        """Wake the next ``poll`` once when the loop's ``epfd`` has events (or has now)."""
-        ep = self._epoll()
-        mask = select.EPOLLIN | select.EPOLLONESHOT
-        try:
-            if epfd in self.loop_fds:
-                ep.modify(epfd, mask)
-            else:
-                ep.register(epfd, mask)
-                self.loop_fds.add(epfd)
-        except OSError:  # closed meanwhile (the loop went away), or not pollable
-            self.loop_fds.discard(epfd)
-            return False
-        return True
-
-    def poll(self, timeout: float) -> bool:
-        """Sleep up to ``timeout`` s; True if a loop's descriptor woke us."""
-        try:
-            events = self._epoll().poll(max(0.0, timeout))
-        except OSError:
-            return False
-        return any(fd != self._own for fd, _ in events)
-
-    def close(self) -> None:
-        if self._ep is not None:
-            self._ep.close()
-            self._ep = None
-        self.loop_fds.clear()
-
-
 class Wakeup:
     """A wake-up flag for the watchdog: ``set()`` from any thread, ``wait()`` on the watchdog.
 
@@ -148,60 +100,23 @@ class Wakeup:
     the watchdog needs of a threading.Event for a fraction of the cost:
     Event.wait builds a Condition waiter (a new lock, a deque append, three
     lock operations in Python) on every round, this is one C call. ``wait``
-    consumes the flag (the watchdog clears it at every round anyway). Parked
-    on a uvloop loop, the watchdog sleeps in ``poll`` instead; ``set()`` then
-    also writes an eventfd that ``poll`` watches."""
+    consumes the flag (the watchdog clears it at every round anyway)."""
 
-    __slots__ = ("_efd", "_lock", "_polling", "poll")
+    __slots__ = ("_lock",)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._lock.acquire()  # held: not set
-        self._efd = -1
-        self._polling = False
-        self.poll = LoopPoll()
 
     def set(self) -> None:
         # Lock.release may be called by any thread; two set() racing: the
         # second finds it released already, which is the state it wants.
         with contextlib.suppress(RuntimeError):
             self._lock.release()
-        if self._polling:  # read after the release: see wait()
-            with contextlib.suppress(OSError):
-                os.eventfd_write(self._efd, 1)
 
     def clear(self) -> None:
         self._lock.acquire(False)
 
-    def wait(self, timeout: float, loops: bool = False) -> bool | None:
-        """Sleep until set() or ``timeout`` seconds; True if set (the flag is consumed).
-        ``loops``: also until a loop armed in ``poll`` has events (then None)."""
-        if loops and self._efd < 0:
-            try:
-                self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-                self.poll.own(self._efd)
-            except OSError:
-                loops = False
-        if not loops:
-            return self._lock.acquire(True, max(0.0, timeout))
-        # _polling before the lock is tried, set() reads it after its release:
-        # one of the two sees the other, so a set() is never slept through.
-        self._polling = True
-        try:
-            if self._lock.acquire(False):
-                return True
-            woke = self.poll.poll(timeout)
-        finally:
-            self._polling = False
-        with contextlib.suppress(OSError):  # empty unless set() wrote
-            os.eventfd_read(self._efd)
-        if self._lock.acquire(False):
-            return True
-        return None if woke else False
-
-    def close(self) -> None:
-        self.poll.close()
-        if self._efd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._efd)
-            self._efd = -1
+    def wait(self, timeout: float) -> bool:
+        """Sleep until set() or ``timeout`` seconds; True if set (the flag is consumed)."""
+        return self._lock.acquire(True, max(0.0, timeout))

@@ -73,7 +73,6 @@ import json
 import mmap
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -150,8 +149,6 @@ class Sentinel:
         self._threshold = -1.0
         self._answered: dict[int | None, int] = {}
         self._flags: dict[int, int] = {}
-        self._sock: socket.socket | None = None
-        self._fds_sent: set[int] = set()
 
     @property
     def pid(self) -> int:
@@ -172,7 +169,6 @@ class Sentinel:
         self.pyspy = _usable(pyspy)
         self.limit = limit
         mfd = rfd = -1
-        child: socket.socket | None = None
         try:
             mfd = os.memfd_create("freezewatch-heartbeat")  # close-on-exec by default
             os.ftruncate(mfd, _SIZE)
@@ -190,14 +186,11 @@ class Sentinel:
             remove_stale_dirs(tempfile.gettempdir())
             os.mkdir(self._dir, 0o700)
             poll = max(0.05, min(0.5, threshold / 2))
-            # uvloop loops' epoll descriptors go to the sentinel over this (watch_fd).
-            self._sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._sock.setblocking(False)
             argv = [sys.executable, "-I", "-S", _MAIN, str(os.getpid()),
                     str(mfd), str(rfd), self._dir, f"{limit:g}", f"{poll:g}",
-                    str(signal_fd), str(signum), str(child.fileno()),
+                    str(signal_fd), str(signum),
                     *(pyspy_argv(str(pyspy), os.getpid()) if self.pyspy else [])]
-            fds = (mfd, rfd, child.fileno(), *((signal_fd,) if signal_fd >= 0 else ()))
+            fds = (mfd, rfd) if signal_fd < 0 else (mfd, rfd, signal_fd)
             self.proc = subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         except (OSError, ValueError) as e:
@@ -208,8 +201,6 @@ class Sentinel:
             for fd in (mfd, rfd):
                 if fd >= 0:
                     os.close(fd)
-            if child is not None:
-                child.close()
         # Yama: exactly this child (and its py-spy, a descendant) may attach.
         allow_ptracer(self.proc.pid)
         if self._mm is not None:
@@ -252,15 +243,6 @@ class Sentinel:
             self._answered = seqs
             for i, (ident, _) in enumerate(self._loops[:MAX_LOOPS]):
                 struct.pack_into("<Q", mm, _ANSWERED + 8 * i, seqs.get(ident, 0))
-
-    def watch_fd(self, fd: int) -> None:
-        """The epoll descriptor of a loop the watchdog parks on from the kernel's view
-        (uvloop): the sentinel gets a copy, so that the loop waking up ends the
-        announced silence for it too (for asyncio loops ``resume`` does). Once each."""
-        if self._sock is not None and fd not in self._fds_sent:
-            self._fds_sent.add(fd)
-            with contextlib.suppress(OSError):
-                socket.send_fds(self._sock, [b"e"], [fd])
 
     def signalling(self) -> bool:
         return self._mm is not None and struct.unpack_from("<Q", self._mm, 40)[0] == 1
@@ -367,10 +349,6 @@ class Sentinel:
         return doc
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-            self._fds_sent.clear()
         if self._wfd >= 0:
             _state.sentinel_pipe_fds.discard(self._wfd)
             os.close(self._wfd)  # EOF: the sentinel exits on its own

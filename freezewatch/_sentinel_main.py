@@ -13,6 +13,7 @@ import contextlib
 import json
 import mmap
 import os
+import select
 import shutil
 import signal
 import struct
@@ -246,8 +247,9 @@ def _take_seq(mm: mmap.mmap) -> int:  # the next dump number (``_sentinel.Shared
 
 
 def _helpers() -> Any:
-    """``_sentinel_freeze`` (and ``_sentinel_dump``, ``_sentinel_wake``), stdlib-only files
-    beside this one: this directory is appended to sys.path (never shadows the stdlib)."""
+    """``_sentinel_freeze`` (and the ``_sentinel_dump`` it uses), stdlib-only files next
+    to this one: this directory is appended to sys.path (last: it never shadows
+    the standard library)."""
     here = os.path.dirname(os.path.abspath(__file__))
     if here not in sys.path:
         sys.path.append(here)
@@ -264,13 +266,11 @@ def _loops(mm: mmap.mmap) -> list[tuple[int, int]]:
 def main(argv: list[str]) -> int:
     parent, mfd, rfd = int(argv[0]), int(argv[1]), int(argv[2])
     directory, limit, poll = argv[3], float(argv[4]), float(argv[5])
-    signal_fd, signum, sock, pyspy = int(argv[6]), int(argv[7]), int(argv[8]), argv[9:]
+    signal_fd, signum, pyspy = int(argv[6]), int(argv[7]), argv[8:]
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     mm = mmap.mmap(mfd, _SIZE)
     signaller = _Signaller(parent, signum) if signal_fd >= 0 and signum else None
     helpers = _helpers()
-    import _sentinel_wake  # type: ignore[import-not-found]  # beside us, see _helpers
-    sleep = _sentinel_wake.Sleep(rfd, sock)
     def answered(ident: int) -> int | None:
         for i, (idt, _) in enumerate(_loops(mm)):
             if idt == ident:
@@ -301,8 +301,9 @@ def main(argv: list[str]) -> int:
 
     try:
         while True:
-            if not sleep.wait(wait):
-                return 0  # EOF on the pipe: the parent is gone (or closed us)
+            ready, _, _ = select.select([rfd], [], [], wait)
+            if ready and not os.read(rfd, 64):
+                return 0  # EOF: the parent is gone (or closed us); a byte: resume()
             if os.getppid() != parent:
                 return 0  # re-parented: the parent died
             count, stand_down, threshold, _, _, _, wd_tid, _, _ = _LAYOUT.unpack_from(mm, 0)
@@ -314,10 +315,9 @@ def main(argv: list[str]) -> int:
                 last, changed_at, signalled, pyspy_done = count, now, False, False
                 base = _schedstat(parent, wd_tid) if wd_tid else None
                 dumper.reset(changed_at)
-                sleep.arm() if stand_down > now + poll else sleep.disarm()  # a park?
             # The watchdog says how long it means to sleep (or to be busy on
-            # purpose): silence counts only after that, or a uvloop loop waking.
-            quiet_until = max(changed_at, min(stand_down, sleep.loop_woke))
+            # purpose): silence counts only after that.
+            quiet_until = max(changed_at, stand_down)
             silence = now - quiet_until
             if silence > 0 and _stopped(parent):
                 # Stopped by somebody (SIGSTOP, ctrl-Z, a debugger): a silent

@@ -54,9 +54,10 @@ class Watchdog:
         # Handles dropped (uninstall) with a freeze open: ended when the thread stops.
         self.closing: list[LoopWatch] = []
         self._exits_before: dict[LoopWatch, int] = {}
-        self._on_loops = False  # parked on a uvloop loop's epoll descriptor (_park_kernel)
+        # Parked on uvloop loops: (handle, its thread's schedstat count) (_park_kernel).
+        self._on_kernel: list[tuple[LoopWatch, int]] = []
+        self._loops_woke_at = 0.0  # when _sleep_on_kernel last saw such a loop run
         self._idle_sent = False  # this round sent an idle loop its heartbeat
-        self._loops_woke_at = 0.0  # when such a descriptor last woke us
         self.errors = 0
         self.rounds = 0  # rounds run (tests and benchmarks: parking shows here)
         # faulthandler + sentinel process: see what this thread cannot (a C
@@ -108,7 +109,6 @@ class Watchdog:
         finally:
             self.pipeline.close()
             self.gil.close()  # cancel our faulthandler handler, let the sentinel go
-            self._event.close()
 
     def _finish(self) -> None:
         """Watching stops: every freeze still open gets its end (freeze_ended, the
@@ -200,7 +200,7 @@ class Watchdog:
             return None  # busy since the previous round: it will leave select() soon
         now = time.monotonic()
         waits = []
-        self._on_loops = False
+        self._on_kernel.clear()
         for w in watches:
             st = w.idle
             sleep = self._park_kernel(w, now) if st is None else _detect.park_for(
@@ -226,23 +226,31 @@ class Watchdog:
 
     def _park_kernel(self, w: LoopWatch, now: float) -> float | None:
         """A loop without a selector wrapper (uvloop): park on the kernel's view of its
-        thread (``_loopwait``), woken by its epoll descriptor."""
-        poll = self._event.poll
-        seen = w.kernel_wait() if poll.available() and (
-            w.frame_idle or w.state.loop_epfd is not None) else None
+        thread (``_loopwait``); ``_sleep_on_kernel`` looks at it while parked."""
+        seen = w.kernel_wait() if w.frame_idle or w.state.loop_epfd is not None else None
         wakes_by = _detect.kernel_idle(w.state, seen, now, w.frame_idle)
-        sleep = None if wakes_by is None else _detect.park_for(
+        sleep = None if wakes_by is None or seen is None else _detect.park_for(
             w.state, now, in_select=True, moved=False, has_units=bool(w.inflight),
             allow_depth=w.allow_depth, wakes_by=wakes_by)
-        if sleep is None or seen is None or not poll.arm(seen.epfd):
-            return None
-        # Armed: its I/O from now on wakes us. Did it run since the look?
-        again = w.kernel_wait()
-        if again is None or again.runs != seen.runs:
-            return None
-        self.gil.sentinel.watch_fd(seen.epfd)  # the sentinel is woken by it too
-        self._on_loops = True
+        if sleep is not None and seen is not None:
+            self._on_kernel.append((w, seen.runs))
         return sleep
+
+    def _sleep_on_kernel(self, wait: float, threshold: float) -> None:
+        """Parked on uvloop loops: nothing wakes us when they wake, so look at each loop
+        thread every interval (one pread, no round) and come back as soon as one ran.
+        The sentinel is told half a threshold of chosen silence at a time: a C call
+        holding the GIL right after such a loop woke is still seen in time."""
+        step = min(w.config.interval for w, _ in self._on_kernel)
+        end = time.monotonic() + wait
+        while (left := end - time.monotonic()) > 0:
+            self.gil.sentinel.stand_down(min(left, 0.5 * threshold) + 0.25)
+            if self._event.wait(min(step, left)):
+                return
+            for w, runs in self._on_kernel:
+                if w.kw is None or w.kw.runs() != runs:
+                    self._loops_woke_at = time.monotonic()  # a round now, unparked: _park
+                    return
 
     # -- the rounds -----------------------------------------------------------------
     def _rounds(self) -> None:
@@ -360,5 +368,7 @@ class Watchdog:
             for w in watches:
                 if w.idle is not None:
                     w.idle.due = expected
-            if self._event.wait(wait, parked is not None and self._on_loops) is None:
-                self._loops_woke_at = time.monotonic()  # a uvloop loop woke: see _park
+            if parked is not None and self._on_kernel:
+                self._sleep_on_kernel(wait, min_threshold)
+            else:
+                self._event.wait(wait)

@@ -471,7 +471,7 @@ class Bench:
                 c.expect("port")
             time.sleep(2.0)  # start-up settled
             names: dict[int, str] = {}
-            for k, c in servers.items():
+            for c in servers.values():
                 c.send("threads")
                 names.update({int(t): n for t, n in
                               json.loads(" ".join(c.expect("threads")[1:])).items()})
@@ -507,8 +507,8 @@ class Bench:
                     zip(per_s(f"{loop}/defaults", lambda p, t: True),
                         per_s(f"{loop}/plain", lambda p, t: True), strict=True)]
             diff = med(tree)
-            server = med(per_s(f"{loop}/defaults", lambda p, t: p == root))
-            sentinel = med(per_s(f"{loop}/defaults", lambda p, t: p != root))
+            server = med(per_s(f"{loop}/defaults", lambda p, t, r=root: p == r))
+            sentinel = med(per_s(f"{loop}/defaults", lambda p, t, r=root: p != r))
             print(f"   {loop}: whole tree {diff[0]:.3f} ms/s over plain (windows {diff[2]}; "
                   f"{diff[1]:.1f} extra wake-ups/s; plain itself {plain[0]:.3f} ms/s)   "
                   f"server {server[0]:.3f} ms/s ({server[1]:.1f} wake-ups/s)   sentinel "

@@ -70,31 +70,3 @@ def test_wakeup_flag_wakes_a_sleeping_watchdog_early_and_times_out_otherwise() -
     flag.clear()
     assert flag.wait(0.05) is False
 
-
-def test_wakeup_flag_parked_on_a_loops_epoll_descriptor() -> None:
-    """Parked on a uvloop loop (``loops=True``): set() still wakes the wait (an eventfd),
-    an event on the armed descriptor ends it too (None), else the timeout (False)."""
-    import select
-    import socket
-
-    flag = Wakeup()
-    inner = select.epoll()  # stands for the loop's epoll descriptor
-    a, b = socket.socketpair()
-    try:
-        inner.register(a.fileno(), select.EPOLLIN)
-        assert flag.poll.arm(inner.fileno())
-        t0 = time.monotonic()
-        assert flag.wait(0.2, loops=True) is False
-        assert time.monotonic() - t0 >= 0.15
-        threading.Timer(0.1, flag.set).start()
-        assert flag.wait(10.0, loops=True) is True
-        assert flag.poll.arm(inner.fileno())
-        threading.Timer(0.1, b.send, (b"x",)).start()
-        t0 = time.monotonic()
-        assert flag.wait(10.0, loops=True) is None
-        assert time.monotonic() - t0 < 5.0
-    finally:
-        flag.close()
-        inner.close()
-        a.close()
-        b.close()

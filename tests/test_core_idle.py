@@ -96,6 +96,7 @@ def test_idle_uvloop_woken_by_io_wakes_the_parked_watchdog(dump_dir: Path, event
 
         threading.Thread(target=send, daemon=True).start()
         await got.wait()  # a future no timer completes: the loop waits for I/O only
+        await asyncio.sleep(0.3)  # the freeze's end: the beat answered
         tr.close()
 
     run_loop(uvloop.new_event_loop, main)

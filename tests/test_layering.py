@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     # 0: pure data, the detector, the global state department, standalone programs
     {"_state", "_events", "_detect", "_decisions", "_snapshot", "_snapshot.model",
      "_rundelay", "_loopwait", "_selector", "_sentinel_main", "_sentinel_dump",
-     "_sentinel_freeze", "_sentinel_wake",
+     "_sentinel_freeze",
      "_cli_errors", "_cli_color", "_boot", "_sinks",
      "_version", "_pager", "_html_css", "_html_text", "_redact", "_sigcheck", "_dumpread",
      "_snapshot.cpu", "_snapshot.context", "_snapshot.render", "_snapshot.procview",
