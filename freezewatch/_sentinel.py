@@ -35,7 +35,8 @@ The sentinel writes the dump of a freeze no Python thread can see
 disk while the freeze lasts") and says where in ``dump.json``; the watchdog
 completes that file when it runs again (``dump_of``).
 
-The sentinel wakes every ``threshold / 2`` s (0.05 to 0.5 s). When the
+The sentinel wakes when a check is due (half a threshold after the silence
+the watchdog announced, 0.05 to 0.5 s at least; docs/core.md "Idle"). When the
 counter has not moved for half the threshold and ``/proc`` shows the
 watchdog thread neither ran nor waited for a CPU meanwhile (it is blocked:
 waiting for the GIL), it sends each loop thread the faulthandler signal
@@ -228,7 +229,7 @@ class Sentinel:
         mm = self._mm
         if mm is None or loops == self._loops:
             return
-        self._loops = loops
+        self._loops, self._answered = loops, {}  # answered(): rewritten at the new places
         loops = loops[:MAX_LOOPS]
         # Pairs first, count last: the sentinel reads the count, then the pairs.
         for i, (ident, native) in enumerate(loops):

@@ -350,7 +350,8 @@ class Watchdog:
                 # The sentinel takes a silent watchdog for a held GIL: tell it
                 # this silence is chosen (a loop that wakes clears it at once).
                 self._standing_down = True
-                self.gil.sentinel.stand_down(wait + 0.25)
+                self.gil.sentinel.stand_down(  # on uvloop: see _sleep_on_kernel
+                    (min(wait, 0.5 * min_threshold) if self._on_kernel else wait) + 0.25)
             # Run-delay baselines, refreshed twice a second rather than every
             # round: each read is a syscall that hands the GIL to a busy loop
             # thread and back. A baseline up to 0.5 s old only widens the
