@@ -227,7 +227,9 @@ class Watchdog:
     def _park_kernel(self, w: LoopWatch, now: float) -> float | None:
         """A loop without a selector wrapper (uvloop): park on the kernel's view of its
         thread (``_loopwait``); ``_sleep_on_kernel`` looks at it while parked."""
-        seen = w.kernel_wait() if w.frame_idle or w.state.loop_epfd is not None else None
+        # Only while its top frame is the idle one: each read is a syscall, which
+        # hands the GIL to a busy loop thread and back.
+        seen = w.kernel_wait() if w.frame_idle else None
         wakes_by = _detect.kernel_idle(w.state, seen, now, w.frame_idle)
         sleep = None if wakes_by is None or seen is None else _detect.park_for(
             w.state, now, in_select=True, moved=False, has_units=bool(w.inflight),

@@ -20,10 +20,11 @@ and MET / NOT MET next to each target:
              + faulthandler layer, + metrics server, defaults (parts without a
              setting are switched off through the documented seam
              ``freezewatch._state.parts``; nothing is patched).
-2. idle cost (``--only idle``, ~25 s) CPU ms per second of the whole process
+2. idle cost (``--only idle``, ~35 s) CPU ms per second of the whole process
              tree (server + sentinel) of an idle watched server minus a plain
              one, asyncio and uvloop, from /proc/<pid>/task/*/schedstat over
-             the same windows (3 x 6 s, medians). <= 0.3 ms/s. Also printed:
+             the same windows (3 x 10 s, each a whole idle heartbeat period,
+             medians). <= 0.3 ms/s. Also printed:
              the server and the sentinel apart (the sentinel's own idle cost,
              issue 10) and each thread's ms/s, wake-ups/s and cost per wake-up.
 3. detection latency  30 injected freezes of 1.5 x threshold (0.5 s), native
@@ -780,7 +781,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=None, help="seconds measured per round")
     ap.add_argument("--malloc", default="fixed", choices=["fixed", "default"],
                     help="glibc malloc thresholds of the measured processes (see MALLOC_TUNABLES)")
-    ap.add_argument("--idle", type=float, default=None, help="idle window, s (default 6)")
+    ap.add_argument("--idle", type=float, default=None,
+                    help="idle window, s (default 10: a whole idle heartbeat period)")
     ap.add_argument("--idle-rounds", type=int, default=None, help="idle windows (default 3)")
     ap.add_argument("--conns", type=int, default=None, help="connections per load generator")
     ap.add_argument("--load-cpu", default="other", choices=["other", "same", "any"],
@@ -796,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
     a.micro_total = 1_000_000
     a.micro_rounds = 3
     a.wait_sizes = [10_000, 100_000]
-    a.idle = a.idle or 6.0
+    a.idle = a.idle or 10.0
     a.idle_rounds = a.idle_rounds or (2 if q else 3)
     a.freezes = 15 if q else 30
     a.native_freezes = 10
