@@ -33,6 +33,12 @@ MAX_PARK = 30.0
 IDLE_ANSWER_WAIT = 0.005
 """After an idle loop's heartbeat, the next round comes this soon (it answers at once)."""
 
+POLL_AFTER_FREEZE = 2.0
+"""After a freeze decision the watchdog polls (no parking) this long: the dumps of a
+freeze are completed over the next rounds (py-spy's trace, the sentinel's files)."""
+_FREEZE_DECISIONS = (_detect.Declared, _detect.Ended, _detect.Late, _detect.SilentGil,
+                     _detect.SilentSentinel)
+
 _NO_FRAMES: dict[int, types.FrameType] = {}  # never written: observers only read it
 
 
@@ -58,6 +64,7 @@ class Watchdog:
         self._on_kernel: list[tuple[LoopWatch, int]] = []
         self._loops_woke_at = 0.0  # when _sleep_on_kernel last saw such a loop run
         self._idle_sent = False  # this round sent an idle loop its heartbeat
+        self._poll_until = 0.0  # no parking before (a freeze was just decided on)
         self.errors = 0
         self.rounds = 0  # rounds run (tests and benchmarks: parking shows here)
         # faulthandler + sentinel process: see what this thread cannot (a C
@@ -139,6 +146,8 @@ class Watchdog:
             obs = _observe.with_details(w, obs, tops)
         p = self.pipeline
         for d in _detect.step(w.state, obs):
+            if isinstance(d, _FREEZE_DECISIONS):
+                self._poll_until = now + POLL_AFTER_FREEZE
             if isinstance(d, _detect.Send):
                 self._prepare(w)
                 w.send()
@@ -189,6 +198,8 @@ class Watchdog:
         if not watches:
             self._exits_before = {}
             return None
+        if self.pipeline.native.waiting or time.monotonic() < self._poll_until:
+            return None  # a freeze's dumps are still being completed: no parking yet
         before, self._exits_before = self._exits_before, {
             w: w.idle.exits for w in watches if w.idle is not None}
         if loop_woke:
