@@ -54,7 +54,7 @@ class Config:
     """Retention: at most this many dumps (a .json/.txt pair is one dump)."""
     max_dump_bytes: int = 100_000_000
     """Retention: at most this many bytes of dump files in dump_dir."""
-    idle_beat_every: float = 2.0
+    idle_beat_every: float = 10.0
     """A loop idle in its selector still gets a real heartbeat this often."""
     name: str = ""
     """Name of the loop in dumps, logs and metrics; default: its thread's name."""

@@ -7,6 +7,7 @@ Times are ``time.monotonic()`` seconds unless a name says otherwise.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 # -- what the watchdog saw ------------------------------------------------------
 
@@ -56,6 +57,19 @@ class Observation:
     """The loop thread is stopped in a debugger (pdb, pydevd)."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class KernelWait:
+    """A loop thread without a Python selector (uvloop) blocked in epoll_wait /
+    epoll_pwait, as /proc shows it (``_loopwait``): the loop's own wait for I/O."""
+
+    epfd: int
+    """The epoll descriptor it waits on (the loop's)."""
+    timeout: float | None
+    """Seconds it asked to wait (the loop's next timer); None: no timeout."""
+    runs: int
+    """Times the thread was scheduled in so far (schedstat): unchanged, it did not run."""
+
+
 # -- what the watchdog knows between rounds --------------------------------------
 
 @dataclasses.dataclass(slots=True)
@@ -92,6 +106,14 @@ class LoopState:
     freeze_ids: int = 0
     last_stall_scan: float = 0.0
     next_wait_sample: float = 0.0
+    # The kernel's view of a loop without a selector wrapper (uvloop), between looks:
+    kwait: KernelWait | None = None
+    kwait_looked: float = -math.inf
+    """When the watchdog last looked (``_detect.kernel_idle``)."""
+    kwait_since: float = -math.inf
+    """The wait seen in ``kwait`` began after this moment (the look before it saw another)."""
+    loop_epfd: int | None = None
+    """The loop's own epoll descriptor, once learnt (``_detect.kernel_idle``)."""
     # Counters (the handle shows them).
     freezes: int = 0
     late_freezes: int = 0
@@ -202,3 +224,13 @@ class Send:
 
 Decision = (Lag | Declared | UpdateDue | Ended | Late | SilentGil | SilentSentinel
             | BusySilence | Suspended | Ignored | Gone | ScanStalls | SampleWaits | Send)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Silence:
+    """Why the watchdog could not run for a while, if it was not a held GIL."""
+
+    kind: str
+    """``starved`` (the machine was overloaded) or ``suspended`` (the process was stopped)."""
+    seconds: float
+    reason: str

@@ -6,18 +6,16 @@ touches a thread, a loop, a file or a sink: the watchdog observes
 against a false alarm lives here, so each is tested with a table of
 timestamps (tests/test_detect.py), never with sleeps.
 
-The data (``LoopState``, ``Observation``, the decisions) is in
-``_decisions``, re-exported here. ``LoopState`` is the single owner of
-everything the watchdog knows about a loop between rounds. Only the
-watchdog thread reads or writes it (install creates it; ``blocked_for`` on
-other threads reads single attributes, which is safe under the GIL).
+The data (``LoopState``, ``Observation``, the decisions) is in ``_decisions``,
+re-exported here. ``LoopState``, all the watchdog knows of a loop between
+rounds, is written by the watchdog thread only (``blocked_for`` elsewhere
+reads single attributes, safe under the GIL).
 
 Times are ``time.monotonic()`` seconds unless a name says otherwise.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -30,6 +28,7 @@ from ._decisions import (
     GilSeen,
     Gone,
     Ignored,
+    KernelWait,
     Lag,
     Late,
     LoopState,
@@ -37,17 +36,27 @@ from ._decisions import (
     SampleWaits,
     ScanStalls,
     Send,
+    Silence,
     SilentGil,
     SilentSentinel,
     Suspended,
     UpdateDue,
 )
+from ._verdicts import (
+    PARK_MAX_EXITS,
+    busy_selector,
+    explain_silence,
+    held_throughout,
+    pin_ok,
+    round_stalled,
+)
 
 __all__ = [
     "PARK_MAX_EXITS", "STALL_SCAN_EVERY", "BusySilence", "Decision", "Declared", "Ended", "Freeze",
-    "GilSeen", "Gone", "Ignored", "Lag", "Late", "LoopState", "Observation", "SampleWaits",
-    "ScanStalls", "Send", "Silence", "SilentGil", "SilentSentinel", "Suspended", "UpdateDue",
-    "blocked_for", "busy_selector", "explain_silence", "held_throughout", "needs_details",
+    "GilSeen", "Gone", "Ignored", "KernelWait", "Lag", "Late", "LoopState", "Observation",
+    "SampleWaits", "ScanStalls", "Send", "Silence", "SilentGil", "SilentSentinel", "Suspended",
+    "UpdateDue", "blocked_for", "busy_selector", "explain_silence", "held_throughout",
+    "kernel_idle", "needs_details",
     "next_update", "next_wake", "overdue", "park_for", "pin_ok", "rate_limited", "round_stalled",
     "send_failed", "sent", "step", "void_pending",
 ]
@@ -324,77 +333,33 @@ def overdue(started: float, limit: float, stalled_at: float | None, now: float) 
 
 
 def park_for(st: LoopState, now: float, *, in_select: bool, moved: bool,
-             has_units: bool, allow_depth: int) -> float | None:
-    """Seconds the watchdog may sleep on this loop's behalf, trusting its
-    selector wrapper to wake it when it leaves ``select()`` (None: keep
-    polling). ``moved``: the selector returned since the previous round."""
+             has_units: bool, allow_depth: int, wakes_by: float = math.inf) -> float | None:
+    """Seconds the watchdog may sleep on this loop's behalf, trusting its selector
+    wrapper (uvloop: its epoll descriptor) to wake it when the loop wakes (None:
+    keep polling). ``moved``: the selector returned since the previous round.
+    ``wakes_by``: the earliest the loop's own timer may wake it: no later."""
     if (st.pending or st.freeze is not None or has_units or allow_depth
-            or not in_select or moved):
+            or not in_select or moved or wakes_by - now < st.interval):
         return None
-    return max(0.0, st.last_real_beat + st.idle_beat_every - now)
+    return max(0.0, min(st.last_real_beat + st.idle_beat_every, wakes_by) - now)
 
 
-PARK_MAX_EXITS = 4
-"""A loop whose selector returned more often than this since the previous
-round is busy: do not park on it (it would wake the watchdog a millisecond
-later; see the watchdog)."""
-
-
-def busy_selector(exits_now: int, exits_before: int | None) -> bool:
-    return exits_before is not None and exits_now - exits_before > PARK_MAX_EXITS
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Silence:
-    """Why the watchdog could not run for a while, if it was not a held GIL."""
-
-    kind: str
-    """``starved`` (the machine was overloaded) or ``suspended`` (the process was stopped)."""
-    seconds: float
-    reason: str
-
-
-def explain_silence(*, silent: float, late: float, min_threshold: float,
-                    own_waited: float | None, loops_waited: Sequence[float],
-                    cpu_used: float, wall: float) -> Silence | None:
-    """The watchdog woke ``late`` s after it asked to and could not run for
-    ``silent`` s. A held GIL stops it too, and is a freeze; these are not:
-
-    - ``starved``: it (or a loop thread, which may have held the GIL) sat on a
-      run queue for half the silence (``own_waited``, ``loops_waited``: run
-      delay grown since the previous baseline);
-    - ``suspended``: it woke late while the process used little CPU
-      (SIGSTOP, a suspended VM, a throttled container); a GIL-holding C call
-      also delays it, but burns CPU while it does.
-    """
-    if silent > 0.5 * min_threshold and own_waited is not None:
-        waited = max([own_waited, *(own_waited + x for x in loops_waited)])
-        if waited >= 0.5 * silent:
-            return Silence("starved", silent, "the machine was overloaded: the watchdog or "
-                           "the loop thread waited for a CPU")
-    if late > 0.5 * min_threshold and cpu_used < 0.5 * wall:
-        return Silence("suspended", late, "the whole process was not running")
-    return None
-
-
-def round_stalled(spent: float, cpu: float, min_threshold: float) -> bool:
-    """A round that took half a threshold on little CPU was stopped or waited
-    on py-spy (which pauses us too): beats sent before it prove nothing."""
-    return spent > 0.5 * min_threshold and cpu < 0.5 * spent
-
-
-def pin_ok(idle: bool, owns_gil_in_c: bool, need_held_gil: bool, held: bool = False) -> bool:
-    """Can a GIL-held freeze be pinned on the sentinel's py-spy stack of the
-    loop thread? Not if it shows the loop idle; for a silence with no beat
-    out, only if the thread owned the GIL inside a C function and ``held`` it
-    throughout (``held_throughout``): a uvloop thread is in C with the GIL most
-    of the time, so one sample of a busy loop shows that too."""
-    return not idle and (not need_held_gil or (owns_gil_in_c and held))
-
-
-def held_throughout(switches: Sequence[int | None] | None) -> bool:
-    """The sentinel's two looks at the loop thread's voluntary context switches in
-    the silence (its first, and right before py-spy) agree: it never slept. A busy
-    loop that starves the watchdog blocks on the GIL each time it hands it over."""
-    return switches is not None and len(switches) == 2 and switches[0] is not None \
-        and switches[0] == switches[1]
+def kernel_idle(st: LoopState, seen: KernelWait | None, now: float,
+                frame_idle: bool) -> float | None:
+    """uvloop as the kernel shows it, one look a round: idle, the earliest its own
+    timer may wake it; else None. Idle: an epoll wait (any other syscall, e.g.
+    ``time.sleep``, a blocking ``recv``, reads None) on the loop's descriptor
+    (learnt from two looks at one wait, at the idle frame, not scheduled in
+    between), timeout not 0 (a poll between callbacks). A wait first seen
+    now began after the previous look: its timer fires ``timeout`` after."""
+    prev, looked = st.kwait, st.kwait_looked
+    st.kwait, st.kwait_looked = seen, now
+    if seen is None or seen.timeout == 0.0:
+        return None
+    if not (same := prev is not None and prev.epfd == seen.epfd and prev.runs == seen.runs):
+        st.kwait_since = looked
+    if st.loop_epfd is None and same and frame_idle:
+        st.loop_epfd = seen.epfd
+    if seen.epfd != st.loop_epfd:
+        return None
+    return math.inf if seen.timeout is None else st.kwait_since + seen.timeout

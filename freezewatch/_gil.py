@@ -55,6 +55,7 @@ class GilLayers:
         self._sentinel_tried = False
         self._idents: tuple[tuple[int | None, int], ...] = ()
         self._signal_rounds = 0
+        self._claim_checked = -1e9
         self.captures = 0
         # Per loop thread ident: its voluntary switches at the sentinel's first look in
         # the silence and right before its last py-spy run (``_detect.held_throughout``).
@@ -69,8 +70,14 @@ class GilLayers:
         # One handler per process: an opt-out by any watch (faulthandler=False)
         # leaves faulthandler entirely to the application.
         fh = all(w.config.faulthandler and w.config.sentinel for w in watches)
-        if fh and self.signal_dump.active and not self.signal_dump.still_ours():
-            self.sentinel.allow_signal(False)  # py-spy alone from now on
+        # The kernel's handler (a sigaction call) once per interval at most: a
+        # round that follows another at once (an idle loop's heartbeat wakes
+        # us back) need not ask again.
+        if fh and self.signal_dump.active and now - self._claim_checked >= 0.5 * min(
+                w.config.interval for w in watches):
+            self._claim_checked = now
+            if not self.signal_dump.still_ours():
+                self.sentinel.allow_signal(False)  # py-spy alone from now on
         if fh and self.signal_dump.active:
             sp = self.sentinel
             sp.allow_signal(True)

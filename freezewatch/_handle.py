@@ -24,8 +24,10 @@ from typing import Any
 
 from . import _detect, _registry, _state
 from ._config import Config
+from ._decisions import KernelWait
 from ._events import FreezeEvent
 from ._inflight import Unit
+from ._loopwait import WaitReader
 from ._rundelay import RunDelay
 from ._selector import IdleState
 from ._sinks.log import Hook, events
@@ -83,6 +85,10 @@ class LoopWatch:
         self.rd: RunDelay | None = None
         self.rd_tid: int | None = None
         self.rd_base: float | None = None  # loop thread's run delay, refreshed by the watchdog
+        # uvloop: the last round saw the loop thread at its idle frame; its epoll wait.
+        self.frame_idle = False
+        self.kw: WaitReader | None = None
+        self.kw_tid: int | None = None
 
     # -- for users ------------------------------------------------------------
     @property
@@ -157,6 +163,17 @@ class LoopWatch:
             self.rd_tid = tid
             self.rd = RunDelay.of_thread(native_id_of(tid))
         return self.rd.read() if self.rd is not None else None
+
+    def kernel_wait(self) -> KernelWait | None:
+        """The loop thread's epoll wait as /proc shows it (``_loopwait``); watchdog thread."""
+        tid = self._thread_id
+        if tid != self.kw_tid or self.kw is None:
+            if self.kw is not None:
+                self.kw.close()
+            self.kw_tid = tid
+            nid = native_id_of(tid)
+            self.kw = WaitReader(nid) if nid is not None else None
+        return self.kw.read() if self.kw is not None else None
 
     def close_run_delay(self) -> None:
         if self.rd is not None:

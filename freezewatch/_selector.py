@@ -13,8 +13,8 @@ Cost on the loop thread: one Python call and two or three attribute stores
 per loop iteration (about 0.25 µs); the event is set only on the first
 wake-up after the watchdog parked, and the watchdog does not park while the
 loop is busy (see _watchdog.PARK_MAX_EXITS), so a busy loop never pays for
-the wake-up. uvloop has no Python selector: it keeps the
-polling watchdog (with the idle-frame heartbeat skip).
+the wake-up. uvloop has no Python selector: the watchdog reads
+its loop thread from /proc instead (``_loopwait``).
 
 Races: the wrapper writes ``in_select``/``exits`` before it reads
 ``parked``; the watchdog writes ``parked`` before it re-reads them. Under

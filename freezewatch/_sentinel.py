@@ -38,7 +38,8 @@ The sentinel writes the dump of a freeze no Python thread can see
 disk while the freeze lasts") and says where in ``dump.json``; the watchdog
 completes that file when it runs again (``dump_of``).
 
-The sentinel wakes every ``threshold / 2`` s (0.05 to 0.5 s). When the
+The sentinel wakes when a check is due (half a threshold after the silence
+the watchdog announced, 0.05 to 0.5 s at least; docs/core.md "Idle"). When the
 counter has not moved for half the threshold and ``/proc`` shows the
 watchdog thread neither ran nor waited for a CPU meanwhile (it is blocked:
 waiting for the GIL), it sends each loop thread the faulthandler signal
@@ -99,37 +100,18 @@ from ._sentinel_main import (
     MAX_LOOPS,
     RESULT,
 )
-from ._sentinel_share import SharedSeq, remove_stale_dirs
+from ._sentinel_share import (
+    SharedSeq,
+    _close_in_child,
+    _usable,
+    remove_stale_dirs,
+    unavailable_reason,
+)
 from ._snapshot.native import allow_ptracer, pyspy_argv
 
+_BEAT = struct.Struct("<Qd")  # offset 0: the heartbeat counter and the stand-down deadline
 _MAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sentinel_main.py")
 """The sentinel program, run as a script (``python -I -S``)."""
-
-
-def _close_in_child() -> None:
-    # The write ends of the pipes to our sentinels (_state.sentinel_pipe_fds):
-    # closed in a forked child, so the parent's sentinel still sees EOF when
-    # the parent dies.
-    for fd in list(_state.sentinel_pipe_fds):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _state.sentinel_pipe_fds.clear()
-
-
-def unavailable_reason(pyspy: str | None, signal_fd: int) -> str | None:
-    """Why the sentinel cannot work here, or None if it can."""
-    if not sys.platform.startswith("linux"):
-        return f"the sentinel needs Linux (memfd, /proc), this is {sys.platform}"
-    if not hasattr(os, "memfd_create"):
-        return "the sentinel needs os.memfd_create"
-    if signal_fd < 0 and (not pyspy or not os.access(pyspy, os.X_OK)):
-        return ("py-spy not found (pip install py-spy) and the faulthandler layer is off: "
-                "the sentinel has nothing to do")
-    return None
-
-
-def _usable(pyspy: str | None) -> bool:
-    return bool(pyspy) and os.access(str(pyspy), os.X_OK)
 
 
 class Sentinel:
@@ -148,6 +130,10 @@ class Sentinel:
         """The sentinel runs py-spy (False: it only signals loop threads)."""
         self._seq: SharedSeq | None = None
         self._config_gen = 0
+        # The page's fields as last written: a round rewrites only what changed.
+        self._threshold = -1.0
+        self._answered: dict[int | None, int] = {}
+        self._flags: dict[int, int] = {}
 
     @property
     def pid(self) -> int:
@@ -177,6 +163,7 @@ class Sentinel:
             _LAYOUT.pack_into(self._mm, 0, 0, 0.0, threshold, 0, 0, 0,
                               threading.get_native_id() if watchdog_tid is None
                               else watchdog_tid, 0, 0)
+            self._threshold, self._answered, self._flags = threshold, {}, {}
             rfd, self._wfd = os.pipe()  # both non-inheritable; rfd is passed explicitly
             os.set_blocking(self._wfd, False)  # resume() never blocks its caller
             # Not tempfile.mkdtemp on this thread: its first use takes a
@@ -215,13 +202,14 @@ class Sentinel:
 
     def beat(self, threshold: float, next_within: float) -> None:
         """One watchdog round: bump the counter, and say the next beat comes within
-        ``next_within`` s (silence counts only after that). Three stores."""
+        ``next_within`` s (silence counts only after that). One or two stores."""
         mm = self._mm
         if mm is not None:
             self._count += 1
-            struct.pack_into("<Q", mm, 0, self._count)
-            struct.pack_into("<d", mm, 8, time.monotonic() + next_within)
-            struct.pack_into("<d", mm, 16, threshold)
+            _BEAT.pack_into(mm, 0, self._count, time.monotonic() + next_within)
+            if threshold != self._threshold:
+                self._threshold = threshold
+                struct.pack_into("<d", mm, 16, threshold)
 
     def watchdog_thread(self, native_id: int | None) -> None:
         """The watchdog thread's native id, once it runs (the sentinel started before it)."""
@@ -233,7 +221,7 @@ class Sentinel:
         mm = self._mm
         if mm is None or loops == self._loops:
             return
-        self._loops = loops
+        self._loops, self._answered = loops, {}  # answered(): rewritten at the new places
         loops = loops[:MAX_LOOPS]
         # Pairs first, count last: the sentinel reads the count, then the pairs.
         for i, (ident, native) in enumerate(loops):
@@ -241,9 +229,11 @@ class Sentinel:
         struct.pack_into("<Q", mm, 56, len(loops))
 
     def answered(self, seqs: dict[int | None, int]) -> None:
-        """Each loop's last answered heartbeat (by thread ident), once a round."""
+        """Each loop's last answered heartbeat (by thread ident), once a round
+        (written when it changed)."""
         mm = self._mm
-        if mm is not None:
+        if mm is not None and seqs != self._answered:
+            self._answered = seqs
             for i, (ident, _) in enumerate(self._loops[:MAX_LOOPS]):
                 struct.pack_into("<Q", mm, _ANSWERED + 8 * i, seqs.get(ident, 0))
 
@@ -299,13 +289,17 @@ class Sentinel:
     def freeze_open(self, is_open: bool) -> None:
         """The watchdog has a freeze open (declared live): it writes that freeze's
         dumps, the sentinel writes none."""
-        if self._mm is not None:
-            struct.pack_into("<Q", self._mm, _OPEN, 1 if is_open else 0)
+        self._flag(_OPEN, 1 if is_open else 0)
 
     def allow_signal(self, ok: bool) -> None:
         """Whether the sentinel may send the faulthandler signal (``_sigcheck``)."""
-        if self._mm is not None:
-            struct.pack_into("<Q", self._mm, _OK_TO_SIGNAL, 1 if ok else 0)
+        self._flag(_OK_TO_SIGNAL, 1 if ok else 0)
+
+    def _flag(self, at: int, value: int) -> None:
+        """A u64 of the page only the parent writes, stored when it changed."""
+        if self._mm is not None and self._flags.get(at) != value:
+            self._flags[at] = value
+            struct.pack_into("<Q", self._mm, at, value)
 
     def dumps_written(self) -> int:
         return int(struct.unpack_from("<Q", self._mm, _DUMPS)[0]) if self._mm is not None else 0

@@ -99,13 +99,20 @@ _TGKILL = {"x86_64": 234, "aarch64": 131, "i686": 270, "armv7l": 268, "ppc64le":
            "s390x": 241, "riscv64": 131}
 
 
+_FDS: dict[str, int] = {}  # /proc files read again and again: opened once, then pread
+
+
 def _schedstat(parent: int, tid: int) -> tuple[float, float] | None:
     """(seconds on a CPU, seconds waiting for one) of a thread of ``parent``."""
+    path = f"/proc/{parent}/task/{tid}/schedstat"
     try:
-        with open(f"/proc/{parent}/task/{tid}/schedstat", "rb") as f:
-            ran, waited = f.read().split()[:2]
+        if (fd := _FDS.get(path)) is None:
+            fd = _FDS[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        ran, waited = os.pread(fd, 128, 0).split()[:2]
         return int(ran) / 1e9, int(waited) / 1e9
     except (OSError, ValueError):
+        with contextlib.suppress(OSError, TypeError):  # that thread is gone
+            os.close(_FDS.pop(path, None))  # type: ignore[arg-type]
         return None
 
 
@@ -161,17 +168,13 @@ class _Signaller:
         """Each loop thread writes its stack under a header naming it, one at a time;
         returns what they wrote (the parent reads the same file later).
 
-        Only a thread that did not sleep over a short window is signalled: it
-        held the GIL all along (a C call), or slept all along (waiting for the
-        GIL, or for I/O). A thread that switches meanwhile may be running
-        bytecode between GIL hand-offs (many threads competing for the GIL):
-        interrupting bytecode with a faulthandler signal is what corrupts a
-        3.10 interpreter now and then (docs/native.md).
-
-        The signal is sent only while it is still ours: the parent says so each
-        round (``_OK_TO_SIGNAL``, from its ``_sigcheck.Claim``), and right before
-        each send the kernel must show the parent catching it (``caught``): an
-        application that reset it to SIG_DFL since would be killed by it."""
+        Only a thread that did not sleep over a short window is signalled (it
+        held the GIL all along, or slept all along): one that switches may run
+        bytecode between GIL hand-offs, and a signal there corrupts a 3.10
+        interpreter now and then (docs/native.md). Sent only while the signal
+        is still ours: the parent says so (``_OK_TO_SIGNAL``, its
+        ``_sigcheck.Claim``) and the kernel shows it caught (``caught``) right
+        before each send (SIG_DFL since would kill the parent)."""
         before_window = {tid: _switches(self.parent, tid) for _, tid in loops}
         time.sleep(STEADY_WINDOW)
         try:
@@ -231,15 +234,13 @@ def _switches(parent: int, tid: int) -> int | None:
 
 
 def _next_wait(now: float, poll: float, *dues: float | None) -> float:
-    """Seconds to sleep: until the next moment an action is due (the watchdog
-    announces its quiet, so an idle one costs few wake-ups here), at least
-    ``poll``, at most 5 s (the parent's death wakes us anyway, through the pipe)."""
+    """Seconds to sleep: until the next action is due (the watchdog announces its
+    quiet), at least ``poll``, at most 30 s (the parent's death wakes us anyway)."""
     due = [d for d in dues if d is not None]
-    return poll if not due else min(5.0, max(poll, min(due) - now))
+    return poll if not due else min(30.0, max(poll, min(due) - now))
 
 
-def _take_seq(mm: mmap.mmap) -> int:
-    """The next dump sequence number, shared with the watchdog (``_sentinel.SharedSeq``)."""
+def _take_seq(mm: mmap.mmap) -> int:  # the next dump number (``_sentinel.SharedSeq``)
     struct.pack_into("<Q", mm, _SEQ, n := int(struct.unpack_from("<Q", mm, _SEQ)[0]) + 1)
     return n
 
@@ -282,7 +283,6 @@ def main(argv: list[str]) -> int:
 
     def still(count: int) -> bool:  # no beat since ``count``: the watchdog is still silent
         return int(struct.unpack_from("<Q", mm, 0)[0]) == count
-
     def busy(flag: int, on: bool) -> None:  # flag 32: py-spy or a dump write; 40: signals
         struct.pack_into("<Q", mm, flag, 1 if on else 0)
 

@@ -3,18 +3,23 @@
 - ``SharedSeq``: dump sequence numbers taken from the page shared with the
   sentinel, which writes dumps too (``_state.dump_seq`` while one runs);
 - ``remove_stale_dirs``: the private directories of sentinels whose parent
-  died with its process group (SIGKILL) are removed at the next start.
+  died with its process group (SIGKILL) are removed at the next start;
+- ``unavailable_reason``: why a sentinel cannot work here; ``_close_in_child``:
+  a forked child closes the pipes to its parent's sentinels.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import re
 import shutil
 import stat
 import struct
+import sys
 
+from . import _state
 from ._sentinel_main import _SEQ
 
 _STALE = re.compile(r"^freezewatch-sentinel-(\d+)-[0-9a-f]{12}$")
@@ -67,3 +72,29 @@ class SharedSeq:
 
     def last(self) -> int:
         return int(struct.unpack_from("<Q", self._mm, _SEQ)[0])
+
+
+def _close_in_child() -> None:
+    # The write ends of the pipes to our sentinels (_state.sentinel_pipe_fds):
+    # closed in a forked child, so the parent's sentinel still sees EOF when
+    # the parent dies.
+    for fd in list(_state.sentinel_pipe_fds):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _state.sentinel_pipe_fds.clear()
+
+
+def unavailable_reason(pyspy: str | None, signal_fd: int) -> str | None:
+    """Why the sentinel cannot work here, or None if it can."""
+    if not sys.platform.startswith("linux"):
+        return f"the sentinel needs Linux (memfd, /proc), this is {sys.platform}"
+    if not hasattr(os, "memfd_create"):
+        return "the sentinel needs os.memfd_create"
+    if signal_fd < 0 and (not pyspy or not os.access(pyspy, os.X_OK)):
+        return ("py-spy not found (pip install py-spy) and the faulthandler layer is off: "
+                "the sentinel has nothing to do")
+    return None
+
+
+def _usable(pyspy: str | None) -> bool:
+    return bool(pyspy) and os.access(str(pyspy), os.X_OK)

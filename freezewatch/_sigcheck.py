@@ -42,14 +42,17 @@ def _libc() -> ctypes.CDLL | None:
     return None
 
 
-def handler_of(signum: int, libc: ctypes.CDLL | None = None) -> int | None:
+def handler_of(signum: int, libc: ctypes.CDLL | None = None,
+               old: ctypes.Array[ctypes.c_char] | None = None) -> int | None:
     """The address of ``signum``'s current handler as the kernel has it (0: SIG_DFL,
     1: SIG_IGN), or None where it cannot be read (no libc, a bad signal number).
-    ``libc``: a handle from an earlier call (a Claim keeps one)."""
+    ``libc``: a handle from an earlier call (a Claim keeps one); ``old``: a buffer
+    of ``_SIGACTION_SIZE`` bytes to reuse (a Claim keeps one: it is checked often)."""
     libc = libc or _libc()
     if libc is None or not hasattr(libc, "sigaction"):
         return None
-    old = ctypes.create_string_buffer(_SIGACTION_SIZE)
+    if old is None:
+        old = ctypes.create_string_buffer(_SIGACTION_SIZE)
     # Every libc's struct sigaction starts with the handler union (sa_handler /
     # sa_sigaction): the first pointer-sized field is all that is read.
     if libc.sigaction(ctypes.c_int(signum), None, old) != 0:
@@ -64,6 +67,9 @@ class Claim:
     signum: int
     handler: int
     libc: ctypes.CDLL | None = dataclasses.field(default=None, compare=False, repr=False)
+    buf: ctypes.Array[ctypes.c_char] = dataclasses.field(
+        default_factory=lambda: ctypes.create_string_buffer(_SIGACTION_SIZE), compare=False,
+        repr=False)
 
     @classmethod
     def take(cls, signum: int) -> Claim | None:
@@ -78,12 +84,13 @@ class Claim:
     def still_ours(self) -> bool:
         """True while the kernel's handler is still the one recorded (not SIG_DFL,
         SIG_IGN, or someone else's handler, from ``signal.signal`` or C code)."""
-        return ours(self.signum, self.handler, self.libc)
+        return ours(self.signum, self.handler, self.libc, self.buf)
 
 
-def ours(signum: int, handler: int, libc: ctypes.CDLL | None = None) -> bool:
+def ours(signum: int, handler: int, libc: ctypes.CDLL | None = None,
+         buf: ctypes.Array[ctypes.c_char] | None = None) -> bool:
     """``signum``'s current handler is ``handler`` (an address from :func:`handler_of`)."""
-    current = handler_of(signum, libc)
+    current = handler_of(signum, libc, buf)
     return current is not None and current not in (0, 1) and current == handler
 
 

@@ -9,7 +9,6 @@ module only observes (``_observe``), sequences and sleeps.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import threading
 import time
@@ -20,6 +19,7 @@ from ._events import FreezeEvent
 from ._faulthandler import Capture
 from ._gil import GilLayers
 from ._handle import LoopWatch
+from ._loopwait import Wakeup
 from ._pipeline import Pipeline, emit
 from ._rundelay import RunDelay
 from ._sinks import health, metrics, otel
@@ -27,47 +27,26 @@ from ._snapshot.frames import thread_top_frames
 
 THREAD_NAME = "freezewatch-watchdog"
 RUN_DELAY_EVERY = 0.5
-MAX_PARK = 5.0
-"""Longest parked sleep, a cap: the idle heartbeat (``idle_beat_every``) decides."""
+MAX_PARK = 30.0  # longest parked sleep, a cap: the idle heartbeat (idle_beat_every) decides
+IDLE_ANSWER_WAIT = 0.005  # after an idle loop's heartbeat the next round (it answers at once)
+POLL_AFTER_FREEZE = 2.0
+"""After a freeze decision the watchdog polls (no parking) this long: the dumps of a
+freeze are completed over the next rounds (py-spy's trace, the sentinel's files)."""
+_FREEZE_DECISIONS = (_detect.Declared, _detect.Ended, _detect.Late, _detect.SilentGil,
+                     _detect.SilentSentinel)
 
 _NO_FRAMES: dict[int, types.FrameType] = {}  # never written: observers only read it
-
-
-class _Wakeup:
-    """A wake-up flag for the watchdog: ``set()`` from any thread, ``wait()`` on the watchdog.
-
-    A bare lock used as a binary semaphore: released means set. It does what
-    the watchdog needs of a threading.Event for a fraction of the cost:
-    Event.wait builds a Condition waiter (a new lock, a deque append, three
-    lock operations in Python) on every round, this is one C call. ``wait``
-    consumes the flag (the watchdog clears it at every round anyway)."""
-
-    __slots__ = ("_lock",)
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()  # held: not set
-
-    def set(self) -> None:
-        # Lock.release may be called by any thread; two set() racing: the
-        # second finds it released already, which is the state it wants.
-        with contextlib.suppress(RuntimeError):
-            self._lock.release()
-
-    def clear(self) -> None:
-        self._lock.acquire(False)
-
-    def wait(self, timeout: float) -> bool:
-        """Sleep until set() or ``timeout`` seconds; True if set (the flag is consumed)."""
-        return self._lock.acquire(True, max(0.0, timeout))
 
 
 class Watchdog:
     def __init__(self) -> None:
         # One flag for both reasons to wake early: stop(), and a parked
         # watchdog's loop leaving its selector (see _selector).
-        self._event = _Wakeup()
+        self._event = Wakeup()
         self._stopping = False
+        # True while the sentinel was told this thread sleeps by choice (parked):
+        # only then must a loop that wakes us tell the sentinel too (``wake``).
+        self._standing_down = False
         # Set at the end of each round: releases a saturated loop that stood
         # aside so this thread could take the GIL (see _selector.WakingSelector).
         self.handoff = threading.Event()
@@ -78,6 +57,11 @@ class Watchdog:
         self.closing: list[LoopWatch] = []
         self._exits_before: dict[LoopWatch, int] = {}
         self._started = (time.monotonic(), time.process_time())
+        # Parked on uvloop loops: (handle, its thread's schedstat count) (_park_kernel).
+        self._on_kernel: list[tuple[LoopWatch, int]] = []
+        self._loops_woke_at = 0.0  # when _sleep_on_kernel last saw such a loop run
+        self._idle_sent = False  # this round sent an idle loop its heartbeat
+        self._poll_until = 0.0  # no parking before (a freeze was just decided on)
         self.errors = 0
         self.rounds = 0  # rounds run (tests and benchmarks: parking shows here)
         # faulthandler + sentinel process: see what this thread cannot (a C
@@ -118,8 +102,12 @@ class Watchdog:
     def wake(self) -> None:
         """Called on a loop thread when its loop leaves select() while we are parked."""
         # The sleep we announced to the sentinel is cut short: silence counts
-        # from now (a C call holding the GIL may follow at once).
-        self.gil.sentinel.resume()
+        # from now (a C call holding the GIL may follow at once). Not when this
+        # thread is awake already (its round announced itself): an idle loop
+        # running our heartbeat wakes us in the middle of the round that sent
+        # it, and a byte on the sentinel's pipe would only wake the sentinel.
+        if self._standing_down:
+            self.gil.sentinel.resume()
         self._event.set()
 
     def _error(self, where: str, e: Exception) -> None:
@@ -171,9 +159,12 @@ class Watchdog:
             obs = _observe.with_details(w, obs, tops)
         p = self.pipeline
         for d in _detect.step(w.state, obs):
+            if isinstance(d, _FREEZE_DECISIONS):
+                self._poll_until = now + POLL_AFTER_FREEZE
             if isinstance(d, _detect.Send):
                 self._prepare(w)
                 w.send()
+                self._idle_sent = self._idle_sent or obs.idle
             elif isinstance(d, _detect.Lag):
                 metrics.lag(w, d.seconds)  # a freeze's full duration is a lag sample too
                 otel.record_lag(w.name, d.seconds)  # a None check unless instrumented
@@ -205,6 +196,7 @@ class Watchdog:
                 _registry.remove(w)
         if not w.state.pending and w.idle is not None:
             w.exits_seen = w.idle.exits
+        w.frame_idle = obs.idle  # uvloop: parking looks at the kernel only while idle
 
     def _prepare(self, w: LoopWatch) -> None:
         """Before a loop's first beat: wrap its selector, so an idle loop can park us."""
@@ -215,26 +207,26 @@ class Watchdog:
 
     # -- parking --------------------------------------------------------------------
     def _park(self, watches: tuple[LoopWatch, ...], loop_woke: bool) -> float | None:
-        """Sleep longer than ``interval`` when every loop waits in its selector.
-
-        The sentinel is told the silence is chosen (``stand_down``)."""
+        """Sleep longer than ``interval`` when every loop waits (told: ``stand_down``)."""
         if not watches:
             self._exits_before = {}
             return None
+        if self.pipeline.native.waiting or time.monotonic() < self._poll_until:
+            return None  # a freeze's dumps are still being completed: no parking yet
         before, self._exits_before = self._exits_before, {
             w: w.idle.exits for w in watches if w.idle is not None}
         if loop_woke:
-            # A loop cut our last parked sleep short: watch one interval
-            # unparked, so the next round sees its selector's rate over a
-            # whole interval.
+            # A loop cut our last parked sleep short: watch one interval unparked,
+            # so the next round sees its selector's rate over a whole interval.
             return None
         if any(_detect.busy_selector(n, before.get(w)) for w, n in self._exits_before.items()):
             return None  # busy since the previous round: it will leave select() soon
         now = time.monotonic()
         waits = []
+        self._on_kernel.clear()
         for w in watches:
             st = w.idle
-            sleep = None if st is None else _detect.park_for(
+            sleep = self._park_kernel(w, now) if st is None else _detect.park_for(
                 w.state, now, in_select=st.in_select, moved=st.exits != w.exits_seen,
                 has_units=bool(w.inflight), allow_depth=w.allow_depth)
             if sleep is not None and st is not None:
@@ -254,6 +246,35 @@ class Watchdog:
         if notifier is not None:  # systemd must be fed on time
             waits.append(notifier.period / 2)
         return min([*waits, MAX_PARK])
+
+    def _park_kernel(self, w: LoopWatch, now: float) -> float | None:
+        """A loop without a selector wrapper (uvloop): park on the kernel's view of its
+        thread (``_loopwait``); ``_sleep_on_kernel`` looks at it while parked."""
+        # Only while its top frame is the idle one: each read is a syscall (a GIL hand-off).
+        seen = w.kernel_wait() if w.frame_idle else None
+        wakes_by = _detect.kernel_idle(w.state, seen, now, w.frame_idle)
+        sleep = None if wakes_by is None or seen is None else _detect.park_for(
+            w.state, now, in_select=True, moved=False, has_units=bool(w.inflight),
+            allow_depth=w.allow_depth, wakes_by=wakes_by)
+        if sleep is not None and seen is not None:
+            self._on_kernel.append((w, seen.runs))
+        return sleep
+
+    def _sleep_on_kernel(self, wait: float, threshold: float) -> None:
+        """Parked on uvloop loops: nothing wakes us when they wake, so look at each loop
+        thread every interval (one pread, no round) and come back as soon as one ran.
+        The sentinel is told half a threshold of chosen silence at a time: a C call
+        holding the GIL right after such a loop woke is still seen in time."""
+        step = min(w.config.interval for w, _ in self._on_kernel)
+        end = time.monotonic() + wait
+        while (left := end - time.monotonic()) > 0:
+            self.gil.sentinel.stand_down(min(left, 0.5 * threshold) + 0.25)
+            if self._event.wait(min(step, left)):
+                return
+            for w, runs in self._on_kernel:
+                if w.kw is None or w.kw.runs() != runs:
+                    self._loops_woke_at = time.monotonic()  # a round now, unparked: _park
+                    return
 
     # -- the rounds -----------------------------------------------------------------
     def _rounds(self) -> None:
@@ -276,12 +297,12 @@ class Watchdog:
             if parked_wait:
                 # We chose to sleep: only what came after the wake-up we asked
                 # for (a loop leaving select, or the timeout) is silence.
-                woke = max((w.idle.woke_at for w in watches if w.idle is not None),
-                           default=0.0)
+                woke = max([self._loops_woke_at,
+                            *(w.idle.woke_at for w in watches if w.idle is not None)])
                 loop_woke = woke > wall_before
                 silent = now - woke if loop_woke else max(0.0, late)
                 self.gil.sentinel.stand_down(0.0)
-                parked_wait = False
+                self._standing_down = parked_wait = False
             try:
                 self.pipeline.apply_native()  # py-spy traces taken since the last round
             except Exception as e:  # boundary: the dump-file sink
@@ -340,6 +361,11 @@ class Watchdog:
                     _detect.void_pending(w.state, time.monotonic(), w.answered()[0])
             wait = min((_detect.next_wake(w.state, time.monotonic(), w.allow_depth,
                                           w.allow_exit_at) for w in watches), default=0.1)
+            if self._idle_sent:
+                # An idle loop answers its beat at once: look again while this
+                # thread is still warm, not a whole interval later (uvloop; an
+                # asyncio loop's selector wakes us anyway).
+                wait, self._idle_sent = min(wait, IDLE_ANSWER_WAIT), False
             parked = self._park(watches, loop_woke)
             loop_woke = False
             if parked is not None:
@@ -347,7 +373,9 @@ class Watchdog:
                 parked_wait = True
                 # The sentinel takes a silent watchdog for a held GIL: tell it
                 # this silence is chosen (a loop that wakes clears it at once).
-                self.gil.sentinel.stand_down(wait + 0.25)
+                self._standing_down = True
+                self.gil.sentinel.stand_down(  # on uvloop: see _sleep_on_kernel
+                    (min(wait, 0.5 * min_threshold) if self._on_kernel else wait) + 0.25)
             # Run-delay baselines, refreshed twice a second rather than every
             # round: each read is a syscall that hands the GIL to a busy loop
             # thread and back. A baseline up to 0.5 s old only widens the
@@ -365,4 +393,7 @@ class Watchdog:
             for w in watches:
                 if w.idle is not None:
                     w.idle.due = expected
-            self._event.wait(wait)
+            if parked is not None and self._on_kernel:
+                self._sleep_on_kernel(wait, min_threshold)
+            else:
+                self._event.wait(wait)

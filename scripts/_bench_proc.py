@@ -30,6 +30,23 @@ def thread_cpu(pid: int) -> tuple[int, int]:
     return run, slices
 
 
+def task_cpu(pid: int) -> dict[int, tuple[int, int]]:
+    """{thread id: (ns on CPU, times scheduled in)} for each thread of ``pid``."""
+    out: dict[int, tuple[int, int]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                fields = f.read().split()
+        except OSError:
+            continue
+        out[int(tid)] = (int(fields[0]), int(fields[2]))
+    return out
+
+
 def descendants(pid: int) -> list[int]:
     """Live descendants of ``pid`` (children, grandchildren, ...)."""
     children: dict[int, list[int]] = {}

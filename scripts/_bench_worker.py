@@ -155,8 +155,22 @@ async def _serve(variant: str, dump_dir: str) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     say("port", port)
+    _answer_thread_names()
     await stop.wait()
     await runner.cleanup()
+
+
+def _answer_thread_names() -> None:
+    """A line "threads" on stdin: print {native id: thread name} (bench.py's idle
+    figures per thread). The reader blocks in read(2): it costs an idle server nothing."""
+
+    def answer() -> None:
+        for line in sys.stdin:
+            if line.strip() == "threads":
+                say("threads", json.dumps({str(t.native_id): t.name
+                                           for t in threading.enumerate()}))
+
+    threading.Thread(target=answer, name="bench-stdin", daemon=True).start()
 
 
 async def _serve_asgi(variant: str, dump_dir: str) -> None:

@@ -13,7 +13,7 @@ from core_support import assert_frame_is, pin
 
 import freezewatch
 from freezewatch import _state
-from freezewatch._watchdog import _Wakeup
+from freezewatch._loopwait import Wakeup
 
 
 async def _ticker(stop: float) -> None:
@@ -55,7 +55,7 @@ def test_busy_loop_neither_wakes_the_watchdog_nor_hides_a_freeze(
 
 def test_wakeup_flag_wakes_a_sleeping_watchdog_early_and_times_out_otherwise() -> None:
     """The watchdog's wake-up flag: set() before or during wait() ends it early, else a timeout."""
-    flag = _Wakeup()
+    flag = Wakeup()
     t0 = time.monotonic()
     assert flag.wait(0.2) is False
     assert time.monotonic() - t0 >= 0.15
@@ -69,3 +69,4 @@ def test_wakeup_flag_wakes_a_sleeping_watchdog_early_and_times_out_otherwise() -
     flag.set()
     flag.clear()
     assert flag.wait(0.05) is False
+

@@ -32,7 +32,8 @@ def keep(_logger, _method, event_dict):
 structlog.configure(processors=[keep])
 
 async def main():
-    w = freezewatch.install(threshold=0.3, interval=0.05, dump_dir={dump_dir!r}, native=False)
+    w = freezewatch.install(threshold=0.3, interval=0.05, dump_dir={dump_dir!r}, native=False,
+                            idle_beat_every=2.0)
     print("ready", flush=True)
     while not os.path.exists({stop!r}):   # idle: timers only, never blocking
         await asyncio.sleep(0.02)
@@ -56,7 +57,7 @@ def test_suspended_process_is_not_a_freeze(dump_dir: Path, tmp_path: Path) -> No
         time.sleep(0.3)
         os.kill(proc.pid, signal.SIGSTOP)
         # 10x the threshold, the whole process stopped; longer than the watchdog
-        # sleeps while the loop idles (idle_beat_every, 2 s): a stop inside such
+        # sleeps while the loop idles (idle_beat_every, 2 s here): a stop inside such
         # a sleep cannot be seen, and needs no record (nothing could freeze).
         time.sleep(3.0)
         os.kill(proc.pid, signal.SIGCONT)

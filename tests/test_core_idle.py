@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import uvloop
 from conftest import only_dump
-from core_support import assert_frame_is, pin
+from core_support import assert_frame_is, pin, run_loop
 
 import freezewatch
 from freezewatch import _state
@@ -37,6 +40,69 @@ def test_idle_loop_parks_the_watchdog_and_a_freeze_from_idle_is_caught(
     doc = only_dump(dump_dir)
     assert_frame_is(doc["blocking_frame"], pin(__file__, "from-idle"))
     # Detected while frozen, well before the block ended (the wake-up was not lost).
+    assert doc["blocked_for"] < 1.0
+
+
+def test_idle_uvloop_parks_the_watchdog_and_a_freeze_from_idle_is_caught(
+        dump_dir: Path, events: Any) -> None:
+    """uvloop has no Python selector: the watchdog reads the loop thread's epoll wait
+    from /proc and parks on it (a few rounds in 2 s, not ~40). The loop's own timer
+    ends the park: a freeze that starts from idle is pinned while it lasts."""
+
+    async def main() -> int:
+        freezewatch.install(threshold=0.5, interval=0.05, dump_dir=str(dump_dir), native=False)
+        await asyncio.sleep(0.5)
+        wd = _state.watchdog
+        assert wd is not None
+        before = wd.rounds
+        await asyncio.sleep(2.0)  # idle: epoll_pwait with a 2 s timeout, then the timer
+        idle_rounds = wd.rounds - before
+        time.sleep(1.2)  # pin: uvloop-from-idle
+        await asyncio.sleep(0.2)
+        return idle_rounds
+
+    idle_rounds = run_loop(uvloop.new_event_loop, main)
+    assert idle_rounds <= 16, f"{idle_rounds} rounds in 2 s idle: the watchdog did not park"
+    events.wait("freeze_ended")
+    doc = only_dump(dump_dir)
+    assert_frame_is(doc["blocking_frame"], pin(__file__, "uvloop-from-idle"))
+    assert doc["blocked_for"] < 1.0
+
+
+def test_idle_uvloop_woken_by_io_wakes_the_parked_watchdog(dump_dir: Path, events: Any) -> None:
+    """A parked watchdog on an idle uvloop loop (no timer) is woken by the loop's I/O:
+    a blocking call right after a datagram arrives is caught while it lasts."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        got = asyncio.Event()
+
+        class Proto(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                got.set()
+                time.sleep(1.2)  # pin: uvloop-io-freeze
+
+        tr, _ = await loop.create_datagram_endpoint(Proto, local_addr=("127.0.0.1", 0))
+        port = tr.get_extra_info("sockname")[1]
+        freezewatch.install(threshold=0.5, interval=0.05, dump_dir=str(dump_dir), native=False)
+        await asyncio.sleep(0.3)
+        wd = _state.watchdog
+        assert wd is not None
+
+        def send() -> None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                time.sleep(1.5)  # the watchdog parks meanwhile (no timer: no timeout)
+                s.sendto(b"x", ("127.0.0.1", port))
+
+        threading.Thread(target=send, daemon=True).start()
+        await got.wait()  # a future no timer completes: the loop waits for I/O only
+        await asyncio.sleep(0.3)  # the freeze's end: the beat answered
+        tr.close()
+
+    run_loop(uvloop.new_event_loop, main)
+    events.wait("freeze_ended")
+    doc = only_dump(dump_dir)
+    assert_frame_is(doc["blocking_frame"], pin(__file__, "uvloop-io-freeze"))
     assert doc["blocked_for"] < 1.0
 
 

@@ -372,6 +372,53 @@ def test_parking_an_idle_loop(kw: dict[str, Any], sleep: float | None) -> None:
     assert d.park_for(st, 0.5, **args) == sleep
 
 
+@pytest.mark.parametrize(("wakes_by", "sleep"), [
+    (math.inf, 1.5),     # no timer (epoll_wait's timeout -1): until the idle beat
+    (1.2, 0.7),          # its own timer may wake it at 1.2: no later than that
+    (0.55, None),        # less than an interval away: keep polling
+])
+def test_parking_on_a_loop_whose_timer_may_wake_it(wakes_by: float,
+                                                   sleep: float | None) -> None:
+    st = state()
+    assert d.park_for(st, 0.5, in_select=True, moved=False, has_units=False, allow_depth=0,
+                      wakes_by=wakes_by) == pytest.approx(sleep)
+
+
+def _looks(st: d.LoopState, rows: list[tuple[float, d.KernelWait | None, bool]]) -> list[Any]:
+    return [d.kernel_idle(st, seen, now, frame_idle) for now, seen, frame_idle in rows]
+
+
+def test_uvloop_idle_from_the_kernel_view_learns_the_loops_descriptor_first() -> None:
+    """uvloop: idle only in an epoll wait on the loop's own descriptor, learnt from two
+    looks at one wait (not scheduled in between) with the idle frame on top."""
+    st = state()
+    w = d.KernelWait(epfd=3, timeout=None, runs=40)
+    assert _looks(st, [
+        (1.0, w, True),                          # first sighting: it may have just begun
+        (1.1, w, True),                          # same wait, not run since: learnt, idle
+        (1.2, d.KernelWait(3, None, 41), False),  # ran (a beat), back in its own wait: idle
+        (1.3, None, False),                      # another syscall (time.sleep): not idle
+        (1.4, d.KernelWait(7, None, 50), False),  # an epoll wait of the app's own: not idle
+    ]) == [None, math.inf, math.inf, None, None]
+    assert st.loop_epfd == 3
+
+
+@pytest.mark.parametrize(("rows", "last"), [
+    # not learnt while the frame on top is not the idle one
+    ([(1.0, d.KernelWait(3, None, 5), False), (1.1, d.KernelWait(3, None, 5), False)], None),
+    # it ran between the looks: not one wait, not learnt
+    ([(1.0, d.KernelWait(3, None, 5), True), (1.1, d.KernelWait(3, None, 6), True)], None),
+    # a poll between ready callbacks (timeout 0) is busy
+    ([(1.0, d.KernelWait(3, 0.0, 5), True), (1.1, d.KernelWait(3, 0.0, 5), True)], None),
+    # a timer: the wait began after the look before it first showed (0.9): fires >= 1.4
+    ([(0.9, None, False), (1.0, d.KernelWait(3, 0.5, 5), True),
+      (1.1, d.KernelWait(3, 0.5, 5), True)], 1.4),
+])
+def test_uvloop_idle_rows(rows: list[tuple[float, d.KernelWait | None, bool]],
+                          last: float | None) -> None:
+    assert _looks(state(), rows)[-1] == (None if last is None else pytest.approx(last))
+
+
 def test_no_parking_with_a_beat_out_or_a_freeze() -> None:
     st = state()
     d.sent(st, 0.0, None)
