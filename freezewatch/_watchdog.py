@@ -30,8 +30,8 @@ RUN_DELAY_EVERY = 0.5
 MAX_PARK = 30.0  # longest parked sleep, a cap: the idle heartbeat (idle_beat_every) decides
 IDLE_ANSWER_WAIT = 0.005  # after an idle loop's heartbeat the next round (it answers at once)
 POLL_AFTER_FREEZE = 2.0
-"""After a freeze decision parks are short (SHORT_PARK) this long: its dumps get completed."""
-SHORT_PARK = 0.25
+"""After a freeze decision the watchdog polls (no parking) this long: the dumps of a
+freeze are completed over the next rounds (py-spy's trace, the sentinel's files)."""
 _FREEZE_DECISIONS = (_detect.Declared, _detect.Ended, _detect.Late, _detect.SilentGil,
                      _detect.SilentSentinel)
 
@@ -211,8 +211,8 @@ class Watchdog:
         if not watches:
             self._exits_before = {}
             return None
-        if self.pipeline.native.waiting:
-            return None  # a freeze's py-spy trace is due: no parking yet
+        if self.pipeline.native.waiting or time.monotonic() < self._poll_until:
+            return None  # a freeze's dumps are still being completed: no parking yet
         before, self._exits_before = self._exits_before, {
             w: w.idle.exits for w in watches if w.idle is not None}
         if loop_woke:
@@ -245,8 +245,7 @@ class Watchdog:
         notifier = _state.notifier
         if notifier is not None:  # systemd must be fed on time
             waits.append(notifier.period / 2)
-        # A waking loop still wakes us at once; short parks complete the last freeze's dumps.
-        return min([*waits, SHORT_PARK if now < self._poll_until else MAX_PARK])
+        return min([*waits, MAX_PARK])
 
     def _park_kernel(self, w: LoopWatch, now: float) -> float | None:
         """A loop without a selector wrapper (uvloop): park on the kernel's view of its
