@@ -192,7 +192,7 @@ class GilLayers:
         freeze that began at ``since`` (monotonic): its path and ``detected_at``.
         The pipeline completes that file instead of writing a new one."""
         sp = self.sentinel
-        if sp.proc is None:  # not gated on dumps_written(): stored after the files
+        if sp.proc is None:
             return None
         return sp.dump_of(ident, since, wait=sp.limit + 2.0)
 

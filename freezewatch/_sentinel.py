@@ -89,7 +89,6 @@ from ._sentinel_freeze import CONFIG, REPORT, SLEPT
 from ._sentinel_main import (
     _ANSWERED,
     _CONFIG_GEN,
-    _DUMPS,
     _LAYOUT,
     _LOOPS_AT,
     _OK_TO_SIGNAL,
@@ -300,9 +299,6 @@ class Sentinel:
         if self._mm is not None and self._flags.get(at) != value:
             self._flags[at] = value
             struct.pack_into("<Q", self._mm, at, value)
-
-    def dumps_written(self) -> int:
-        return int(struct.unpack_from("<Q", self._mm, _DUMPS)[0]) if self._mm is not None else 0
 
     def dump_of(self, ident: int | None, since: float, wait: float) -> tuple[str, float] | None:
         """The dump the sentinel wrote for loop thread ``ident`` during the silence that
