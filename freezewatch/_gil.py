@@ -23,11 +23,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import _state
+from ._config import Config
+from ._dumpread import parse_dump, read_dump_bytes
 from ._events import FreezeEvent
 from ._faulthandler import SIGNAL, Capture, SignalDump
 from ._sentinel import Sentinel
 from ._sentinel_freeze import LONG, LONG_MIN
 from ._sinks import dumpdir
+from ._sinks.dumpfile import rewrite_dump
 from ._sinks.log import events
 from ._snapshot.capture import _HOST, _PY
 from ._snapshot.cpu import native_id_of
@@ -165,19 +168,29 @@ class GilLayers:
         self.sentinel.configure({"loops": loops, "hostname": _HOST, "python": _PY,
                                  "libs": list(_LIBRARY), "pkg": _PKG_DIR})
 
-    def discard_sentinel_dumps(self, since: float, idents: Sequence[int | None],
-                               seconds: float, threshold: float) -> None:
-        """The watchdog explained a silence of ``seconds`` (an overloaded machine, a
-        suspended process): not a freeze, so a dump the sentinel wrote in it is
-        removed - unless it was long (``_sentinel_freeze.LONG``): evidence kept."""
+    def settle_sentinel_dumps(self, since: float, watched: Sequence[tuple[int | None, Config]],
+                              seconds: float, why: str) -> list[str]:
+        """The watchdog explained a silence of ``seconds`` as ``why`` (an overloaded
+        machine, a suspended process, a busy loop): not a freeze, so a dump the sentinel
+        wrote in it is removed - unless the silence was long for that loop
+        (``_sentinel_freeze.LONG`` thresholds): then that evidence is kept, completed
+        with its ``duration`` and ``ended_because`` = ``why`` (``complete: false``
+        keeps meaning "the process never ran again"). Returns the kept dumps."""
         sp = self.sentinel
-        if sp.proc is None or seconds >= max(LONG_MIN, LONG * threshold):
-            return
-        for ident in idents:
+        kept: list[str] = []
+        if sp.proc is None:
+            return kept
+        for ident, cfg in watched:
+            sp.settle(ident)  # first: the sentinel's rewrites stop before ours
             got = sp.dump_of(ident, since, wait=sp.limit + 2.0)
             if got is None:
                 continue
-            directory, name = os.path.split(got[0])
+            path = got[0]
+            if seconds >= max(LONG_MIN, LONG * cfg.threshold):
+                if _complete_kept(path, seconds, why, cfg):
+                    kept.append(path)
+                continue
+            directory, name = os.path.split(path)
             with contextlib.suppress(OSError):
                 fd = dumpdir.open_dir(directory, create=False)
                 try:
@@ -186,6 +199,7 @@ class GilLayers:
                             os.unlink(n, dir_fd=fd)
                 finally:
                     os.close(fd)
+        return kept
 
     def sentinel_dump(self, since: float, ident: int | None) -> tuple[str, float] | None:
         """The dump the sentinel wrote for the loop on thread ``ident`` during the
@@ -194,6 +208,7 @@ class GilLayers:
         sp = self.sentinel
         if sp.proc is None:
             return None
+        sp.settle(ident)  # ours from now on: the sentinel never rewrites it over our rewrite
         return sp.dump_of(ident, since, wait=sp.limit + 2.0)
 
     def sentinel_native(self, since: float, sentinel_on: bool, threshold: float) -> Native:
@@ -324,3 +339,19 @@ def holds_gil_in_c(native: Native, thread_id: int | None) -> bool:
         if t.thread_id == thread_id:
             return t.owns_gil and bool(t.frames) and t.frames[-1].native
     return False
+
+
+def _complete_kept(path: str, seconds: float, why: str, cfg: Config) -> bool:
+    """Complete the sentinel's dump of a long silence the watchdog did not call a
+    freeze: the same files, with how long it lasted and what the watchdog made of it."""
+    try:
+        doc = parse_dump(read_dump_bytes(path))
+    except (OSError, ValueError):
+        return False  # gone (retention) or not ours to read: nothing to complete
+    if not isinstance(doc, dict) or doc.get("written_by") != "sentinel":
+        return False
+    blocked = doc.get("blocked_for")  # the sentinel's count starts at the last beat it saw
+    longest = max(seconds, blocked) if isinstance(blocked, (int, float)) else seconds
+    doc.update(duration=round(longest, 6), complete=True, ended_because=why,
+               written_by="sentinel (during the silence), completed by the watchdog")
+    return rewrite_dump(path, doc, cfg.max_dumps, cfg.max_dump_bytes, redact=cfg.redact)

@@ -346,7 +346,8 @@ class Pipeline:
         sentinel wrote in that silence, before it saw the loop thread sleep, goes."""
         gl = _gil.layers()
         if gl is not None:
-            gl.discard_sentinel_dumps(d.since, [w.thread_ident], d.silent, w.config.threshold)
+            gl.settle_sentinel_dumps(d.since, [(w.thread_ident, w.config)], d.silent,
+                                     "a busy loop kept the watchdog from the GIL")
 
     def _unseen_dump(self, w: LoopWatch, lag: float, reason: str) -> str | None:
         """A dump for a freeze nobody saw: when, how long, why no stack, and the

@@ -31,7 +31,9 @@ mapped by both sides:
     offset 232 u64  1 while the watchdog has a freeze open (it writes those dumps)
     offset 240 f64  since when (CLOCK_MONOTONIC) the watchdog was silent at the
                     sentinel's last signal round (written before offset 64)
-    offset 256 MAX_LOOPS x u64: each loop's last answered heartbeat
+    offset 256 MAX_LOOPS x u64: each loop's last answered heartbeat (low 48 bits)
+                    and how many times the watchdog took over the sentinel's
+                    dump of it (``settle``; high 16 bits)
 
 The sentinel writes the dump of a freeze no Python thread can see
 (``_sentinel_freeze``, ``_sentinel_dump``; docs/native.md "The dump is on
@@ -108,6 +110,7 @@ from ._sentinel_share import (
 )
 from ._snapshot.native import allow_ptracer, pyspy_argv
 
+_SEQ_MASK = (1 << 48) - 1  # an answered slot: the heartbeat's low bits, settle() above
 _BEAT = struct.Struct("<Qd")  # offset 0: the heartbeat counter and the stand-down deadline
 _MAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sentinel_main.py")
 """The sentinel program, run as a script (``python -I -S``)."""
@@ -132,6 +135,7 @@ class Sentinel:
         # The page's fields as last written: a round rewrites only what changed.
         self._threshold = -1.0
         self._answered: dict[int | None, int] = {}
+        self._settled: dict[int | None, int] = {}
         self._flags: dict[int, int] = {}
 
     @property
@@ -234,7 +238,17 @@ class Sentinel:
         if mm is not None and seqs != self._answered:
             self._answered = seqs
             for i, (ident, _) in enumerate(self._loops[:MAX_LOOPS]):
-                struct.pack_into("<Q", mm, _ANSWERED + 8 * i, seqs.get(ident, 0))
+                struct.pack_into("<Q", mm, _ANSWERED + 8 * i, (seqs.get(ident, 0) & _SEQ_MASK)
+                                 | (self._settled.get(ident, 0) & 0xFFFF) << 48)
+
+    def settle(self, ident: int | None) -> None:
+        """The watchdog takes over the dump the sentinel wrote for loop ``ident`` in
+        the last silence (completes or removes it): the sentinel never writes it
+        again. Its slot changes for good (the high bits count these), and the
+        sentinel compares it, under flag 32, before each rewrite."""
+        self._settled[ident] = self._settled.get(ident, 0) + 1
+        seqs, self._answered = self._answered, {}
+        self.answered(seqs)
 
     def signalling(self) -> bool:
         return self._mm is not None and struct.unpack_from("<Q", self._mm, 40)[0] == 1

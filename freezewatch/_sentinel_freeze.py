@@ -124,6 +124,14 @@ class Dumper:
                 lp = Loop(c)
             self.loops[ident] = lp
 
+    def _taken_over(self, lp: Loop) -> bool:
+        """The loop answered, or the watchdog took its dump over (``Sentinel.settle``),
+        since it was dumped: that freeze is not the sentinel's to write any more."""
+        if lp.answered is None or self.answered(lp.ident) == lp.answered:
+            return False
+        self.loops[lp.ident] = Loop(lp.cfg)
+        return True
+
     def captured(self, text: str) -> None:
         """faulthandler's capture of this silence: each loop's stack, and its thread's
         switches and CPU from now on (a thread that sleeps after this is not frozen)."""
@@ -248,8 +256,8 @@ class Dumper:
         Returns when (monotonic) the next refresh is due, if any."""
         now = time.monotonic()
         due = []
-        for lp in self.loops.values():
-            if lp.doc is None or lp.stem is None:
+        for lp in list(self.loops.values()):
+            if lp.doc is None or lp.stem is None or self._taken_over(lp):
                 continue
             if now - lp.refreshed >= every:
                 lp.refreshed = now
@@ -269,9 +277,10 @@ class Dumper:
         """A freeze-update for every loop whose next update is due, from a fresh capture."""
         now = time.monotonic()
         fresh = dump.parse_faulthandler(text) if text else {}
-        for lp in self.loops.values():
+        for lp in list(self.loops.values()):
             sched = list(lp.cfg.get("update_after") or ())
-            if lp.path is None or lp.updates >= len(sched) or now < lp.start + sched[lp.updates]:
+            if lp.path is None or lp.updates >= len(sched) or now < lp.start + sched[lp.updates] \
+                    or self._taken_over(lp):
                 continue
             lp.updates += 1
             frames = fresh.get(lp.ident)

@@ -326,21 +326,22 @@ class Watchdog:
             if verdict is not None:
                 if verdict.kind == "starved":
                     cap = None  # what faulthandler saw was load, not a held GIL
-                # faulthandler saw a loop busy (not idle) meanwhile: a GIL-held
-                # freeze, not a suspension, for that loop.
+                # a loop faulthandler saw busy meanwhile: a GIL-held freeze, no suspension
                 busy = {w for w in watches if verdict.kind == "suspended"
                         and (g := _observe.gil_seen(w, cap)) is not None and g.busy}
                 for w in watches:
                     if w not in busy:
                         _detect.void_pending(w.state, now, w.answered()[0])
-                try:
-                    self.gil.discard_sentinel_dumps(
-                        wall_before, [w.thread_ident for w in watches if w not in busy],
-                        verdict.seconds, min_threshold)
+                try:  # the sentinel's dump of that silence: removed, or kept if long
+                    kept = self.gil.settle_sentinel_dumps(
+                        wall_before, [(w.thread_ident, w.config) for w in watches
+                                      if w not in busy], verdict.seconds, verdict.reason)
                 except Exception as e:  # boundary: the GIL layers
+                    kept = []
                     self._error("gil layers", e)
                 emit(None, FreezeEvent("process_suspended", "*", round(verdict.seconds, 3),
-                                       reason=verdict.reason), "info")
+                                       dump_path=next(iter(kept), None), reason=verdict.reason),
+                     "info")
             tops: dict[int, types.FrameType] | None = None
             for w in watches:
                 try:
