@@ -38,6 +38,9 @@ from ._snapshot.frames import _LIBRARY, _PKG_DIR, app_frame, blocking_frame, sou
 from ._snapshot.model import Frame, Native, Snapshot, TaskGroup
 from ._snapshot.native import capture_native, find_pyspy, native_from_output
 
+SENTINEL_RESTARTS = 3
+"""How many times a sentinel that exited is replaced (one that keeps dying is left dead)."""
+
 
 def _conflict(reason: str) -> None:
     # Called on whichever application thread touched faulthandler: only a
@@ -59,6 +62,8 @@ class GilLayers:
         self._idents: tuple[tuple[int | None, int], ...] = ()
         self._signal_rounds = 0
         self._claim_checked = -1e9
+        self._alive_checked = 0.0
+        self.sentinel_restarts = 0
         self.captures = 0
         # Per loop thread ident: its voluntary switches at the sentinel's first look in
         # the silence and right before its last py-spy run (``_detect.held_throughout``).
@@ -102,6 +107,10 @@ class GilLayers:
         elif not fh and self.signal_dump.active:
             self.sentinel.allow_signal(False)
             self.signal_dump.close()
+        if self.sentinel.proc is not None and now - self._alive_checked >= 1.0:
+            self._alive_checked = now  # a waitpid (a GIL hand-off): once a second
+            if not self.sentinel.alive():
+                self._sentinel_gone()
         if not self._sentinel_tried:
             self._start_sentinel(watches, threshold, fh)
         if self.sentinel.proc is not None:
@@ -110,6 +119,25 @@ class GilLayers:
             self.sentinel.answered({w.thread_ident: w.answered()[0] for w in watches})
             self.sentinel.beat(threshold, min(w.config.interval for w in watches) + 0.05)
         return cap
+
+    def _sentinel_gone(self) -> None:
+        """The sentinel exited under us (killed, out of memory, a bug of ours): said
+        once, counted, and a new one started (``SENTINEL_RESTARTS`` times at most),
+        so GIL-held freezes are dumped while they last again."""
+        proc = self.sentinel.proc
+        status = proc.returncode if proc is not None else None
+        self.sentinel.close()
+        self.sentinel = Sentinel()
+        self.sentinel_restarts += 1
+        again = self.sentinel_restarts <= SENTINEL_RESTARTS
+        if again:
+            self._sentinel_tried, self._idents, self._signal_rounds = False, (), 0
+        _state.count_error("sentinel")
+        then = "a new one is started" if again else (
+            f"not restarted: it exited {self.sentinel_restarts} times; GIL-held freezes "
+            f"are dumped only once they end")
+        events.emit(FreezeEvent("sentinel_exited", "*", 0.0, reason=(
+            f"the sentinel process exited (status {status}); {then}")), (), "error")
 
     def prime(self, watches: Sequence[Any]) -> None:
         """On install()'s thread, before the watchdog thread starts: the sentinel is up

@@ -7,7 +7,8 @@ MODE: ``regex N`` (the catastrophic regex on "a" * N + "b"), ``gc N`` (a full
 collection over N small dicts), ``json N`` (``json.loads`` of a list of N
 items), ``idle S`` (an idle loop for S seconds), ``sigdfl N`` / ``own N`` (the
 app resets freezewatch's signal to SIG_DFL / installs its own handler there,
-then runs the regex). Marker files in DUMP_DIR/../markers: ``started``
+then runs the regex), ``restart N`` (waits for the test to kill the sentinel and
+write the ``killed`` marker, then runs the regex). Marker files in DUMP_DIR/../markers: ``started``
 (written just before the blocking call) and ``returned`` (right after).
 """
 
@@ -53,9 +54,16 @@ async def main(dump_dir: str, mode: str, arg: int) -> None:
     elif mode == "own":
         await asyncio.sleep(0.5)
         signal.signal(_faulthandler.SIGNAL, lambda n, _f: got.append(n))
+    elif mode == "restart":  # the test SIGKILLs the sentinel meanwhile, then says so
+        markers = Path(dump_dir).parent / "markers"
+        for _ in range(400):
+            if (markers / "killed").exists():
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(2.0)  # the watchdog sees it gone (once a second) and starts anew
     await asyncio.sleep(1.0)  # the sentinel is up; the watchdog saw the change
     mark("started")
-    if mode in ("regex", "sigdfl", "own"):
+    if mode in ("regex", "sigdfl", "own", "restart"):
         EVIL.match("a" * arg + "b")  # pin: regex
     elif mode == "gc":
         gc.collect()  # pin: gc

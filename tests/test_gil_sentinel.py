@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,9 @@ def _finish(proc: subprocess.Popen[str], timeout: float = 60) -> str:
 
 
 def _sentinel_dump_before_return(tmp_path: Path, mode: str, arg: int, marker: str,
-                                 watchdog_may_see: bool = False) -> dict[str, Any]:
+                                 watchdog_may_see: bool = False,
+                                 meanwhile: Callable[[subprocess.Popen[str]], None] | None = None,
+                                 log: list[str] | None = None) -> dict[str, Any]:
     """Run ``mode``; the sentinel's dump must exist before the call returned; it is
     pinned on the line marked ``marker`` in gil_app.py, and completed afterwards.
 
@@ -62,6 +65,8 @@ def _sentinel_dump_before_return(tmp_path: Path, mode: str, arg: int, marker: st
     markers = tmp_path / "markers"
     first: list[Path] = []
     try:
+        if meanwhile is not None:
+            meanwhile(proc)
         wait_for(lambda: (markers / "started").exists(), 30, 0.01)
         got = wait_for(lambda: dumps(dump_dir, kind="freeze") or (
             "returned" if (markers / "returned").exists() else None), 30, 0.01)
@@ -70,6 +75,8 @@ def _sentinel_dump_before_return(tmp_path: Path, mode: str, arg: int, marker: st
         early = json.loads(first[0].read_text()) if first else {}
     finally:
         out = _finish(proc)
+        if log is not None:
+            log.append(out)  # what the app printed (its events)
     assert proc.returncode == 0, out
     assert first, f"no dump before the call returned: {out}"
     if returned_before:
@@ -105,6 +112,43 @@ def test_regex_dump_is_written_while_it_holds_the_gil(tmp_path: Path) -> None:
     n = len(_calibrate(3.0)) - 1
     doc = _sentinel_dump_before_return(tmp_path, "regex", n, "regex")
     assert doc["cause"] == "GIL held"
+
+
+def _sentinels(pid: int) -> list[int]:
+    """The app's sentinel processes (its children running _sentinel_main.py)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                with contextlib.suppress(OSError):
+                    if b"_sentinel_main.py" in Path(f"/proc/{child}/cmdline").read_bytes():
+                        out.append(int(child))
+    return out
+
+
+@pytest.mark.timeout(60)
+def test_a_sentinel_killed_under_the_app_is_replaced(tmp_path: Path) -> None:
+    """The sentinel SIGKILLed (an operator, the OOM killer): an error event says so,
+    a new sentinel starts, and the next GIL-held freeze leaves its dump while it
+    lasts, written by the new one."""
+    n = len(_calibrate(2.0)) - 1
+    killed: list[int] = []
+
+    def kill_it(proc: subprocess.Popen[str]) -> None:
+        killed.extend(wait_for(lambda: _sentinels(proc.pid), 30, 0.02))
+        os.kill(killed[0], signal.SIGKILL)
+        markers = tmp_path / "markers"
+        markers.mkdir(exist_ok=True)
+        (markers / "killed").write_text("1")
+        new = wait_for(lambda: [p for p in _sentinels(proc.pid) if p not in killed], 10, 0.02)
+        assert new and killed[0] not in new
+
+    out: list[str] = []
+    doc = _sentinel_dump_before_return(tmp_path, "restart", n, "regex", meanwhile=kill_it,
+                                       log=out)
+    assert doc["cause"] == "GIL held"
+    assert out and "sentinel_exited" in out[0] and "status -9" in out[0], out
+    assert "a new one is started" in out[0]
 
 
 @pytest.mark.timeout(60)
