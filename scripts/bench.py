@@ -20,6 +20,10 @@ and MET / NOT MET next to each target:
              + faulthandler layer, + metrics server, defaults (parts without a
              setting are switched off through the documented seam
              ``freezewatch._state.parts``; nothing is patched).
+1d. round   (``--only round``, ~30 s) the monitor's own CPU (ms/s, wake-ups/s,
+             us per watchdog round) beside a saturated loop on one core,
+             freezewatch at defaults vs the reference heartbeat: the kernel's
+             count of its run time, steady where co-run ratios are not.
 2. idle cost (``--only idle``, ~35 s) CPU ms per second of the whole process
              tree (server + sentinel) of an idle watched server minus a plain
              one, asyncio and uvloop, from /proc/<pid>/task/*/schedstat over
@@ -405,6 +409,45 @@ class Bench:
             print(f"   {prev:>13} -> {v:<13} {statistics.median(d) * 100:+.2f}")
             prev = v
 
+    # -- 1d ------------------------------------------------------------------
+    def round_cost(self) -> None:
+        """The monitor's own CPU beside a saturated loop on one core: the watchdog's
+        threads and the sentinel, against the reference heartbeat thread. Unlike a
+        co-run ratio (noise +-2 points) this is the kernel's count of the monitor's
+        run time, steady to a few percent: the figure to push down."""
+        a = self.a
+        rounds, seconds = a.round_rounds, 4.0
+        print(f"\n## 1d. the monitor's own CPU beside a saturated loop: 50 tasks x "
+              f"sleep(0), loop and monitor pinned to one CPU, {seconds:g} s measured, "
+              f"{rounds} interleaved rounds (scripts/_bench_round.py)")
+        cpu = ["taskset", "-c", str(self.server_cpu)] if self.server_cpu is not None else []
+        got: dict[str, list[dict[str, float]]] = {"ref": [], "defaults": []}
+        for i in range(rounds):
+            order = ["ref", "defaults"] if i % 2 == 0 else ["defaults", "ref"]
+            for v in order:
+                out = subprocess.run([*cpu, PY, str(HERE / "_bench_round.py"), v, f"{seconds:g}"],
+                                     capture_output=True, text=True, timeout=60, env=Child.env)
+                line = [x for x in out.stdout.splitlines() if x.startswith("{")]
+                if not line:
+                    raise RuntimeError(f"_bench_round.py {v}: {out.stderr.strip()[-300:]}")
+                got[v].append(json.loads(line[-1]))
+        med = {v: statistics.median(r["monitor_ms_per_s"] for r in got[v]) for v in got}
+        wakes = {v: statistics.median(r["monitor_wakeups_per_s"] for r in got[v]) for v in got}
+        per_round = statistics.median(1000 * r["monitor_ms_per_s"] / r["rounds_per_s"]
+                                      for r in got["defaults"] if r["rounds_per_s"])
+        for v, label in (("ref", "40-line reference"), ("defaults", "freezewatch defaults")):
+            runs = ", ".join(f"{r['monitor_ms_per_s']:.2f}" for r in got[v])
+            print(f"   {label:>21}: {med[v]:.2f} ms/s of CPU, {wakes[v]:.1f} wake-ups/s "
+                  f"(runs: {runs})")
+        print(f"   freezewatch: {per_round:.0f} us of CPU per watchdog round (watchdog, "
+              f"sentinel and events threads together), {med['defaults'] / med['ref']:.1f}x "
+              f"the reference; each ms/s is 0.1 point of a co-run ratio")
+        self.rows.append(Row("1d. monitor CPU beside a saturated loop, ref",
+                             f"{med['ref']:.2f} ms/s", "-", None))
+        self.rows.append(Row("1d. monitor CPU beside a saturated loop, defaults",
+                             f"{med['defaults']:.2f} ms/s ({per_round:.0f} us/round)",
+                             "(no target)", None))
+
     # -- 1b ------------------------------------------------------------------
     def overhead_micro(self) -> None:
         a = self.a
@@ -722,6 +765,7 @@ class Bench:
         phases: list[tuple[str, Callable[[], None]]] = [
             ("corun", self.corun),
             ("components", self.components),
+            ("round", self.round_cost),
             ("micro", self.overhead_micro),
             ("idle", self.idle),
             ("latency", lambda: self.latency(False, a.freezes)),
@@ -771,7 +815,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     ap.add_argument("--quick", action="store_true", help="fewer rounds (about half the time)")
     ap.add_argument("--only", type=lambda s: s.split(","), default=None,
-                    help="comma list of: corun,components,micro,idle,latency,latency-native,"
+                    help="comma list of: corun,components,round,micro,idle,latency,latency-native,"
                          "capture,watch,waits (components and waits run only when named)")
     ap.add_argument("--native", action="store_true",
                     help="also measure detection latency with native (py-spy) on")
@@ -792,6 +836,7 @@ def main(argv: list[str] | None = None) -> int:
     q = a.quick
     a.corun_rounds = a.rounds or (2 if q else 3)
     a.components_rounds = a.rounds or (3 if q else 5)
+    a.round_rounds = 2 if q else 3
     a.window = a.window or (2.0 if q else 3.0)
     a.warmup = 1.0
     a.conns = a.conns or 16
