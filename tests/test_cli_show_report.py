@@ -295,3 +295,30 @@ def test_report_errors_are_one_line(tmp_path: Path) -> None:
         errors = [ln for ln in proc.stderr.splitlines() if ": error: " in ln]
         assert len(errors) == 1 and message in errors[0], proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_a_big_directory_is_read_by_several_processes_to_the_same_report(
+        dumps: Dumps, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From 2,000 dumps the CLI parses them in forked processes (one per CPU): the
+    report and its warnings are exactly those of reading them one by one here."""
+    from freezewatch import _cli_report
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from report_html_bench import fill
+
+    big = tmp_path / "big"
+    freeze = next(n for n, d in dumps.docs.items() if d["kind"] == "freeze")
+    fill(big, dumps.dir / freeze, 2_400)
+    for name, text in (("freeze-20250101T000000Z-1-0001.json", "{\"kind\": \"fre"),
+                       ("freeze-20250101T000001Z-1-0002.json", "[1, 2]"),
+                       ("stall-20250101T000002Z-1-0003.json", "{\"kind\": \"other\"}")):
+        (big / name).write_text(text)
+    assert len(list(big.glob("*.json"))) >= _cli_report.PARALLEL_AT
+    proc = _cli("report", str(big), "--json")
+    assert proc.returncode == 0, proc.stderr
+    warned: list[str] = []
+    monkeypatch.setattr(_cli_report, "PARALLEL_AT", 10**9)  # here: one by one
+    here = _cli_report.scan(str(big), None, warned.append).to_json()
+    assert json.loads(proc.stdout) == json.loads(json.dumps(here))
+    assert len(here["skipped"]) == 3
+    assert proc.stderr.splitlines() == [f"freezewatch report: warning: {w}" for w in warned]
