@@ -308,6 +308,7 @@ def test_marker_with_bad_threshold_errors_that_test(pytester: pytest.Pytester) -
     assert "'soon' from mark.freezewatch" in result.stdout.str()
 
 
+GIL_RUNS = 7  # of each: 14 blocks, each test with its own watchdog and sentinel
 GIL_CASES = '''
 import asyncio
 import json
@@ -350,40 +351,41 @@ def _document(seconds):
 
 SUBJECT = _calibrated(0.5)
 DOC = _document(0.5)
+RUNS = {runs}
 
 
 # Each blocks in the test's first step: install() starts the sentinel before the
 # test runs, and the loop that held the GIL from its start is still found.
 @pytest.mark.asyncio
-@pytest.mark.parametrize("run", range(10))
+@pytest.mark.parametrize("run", range(RUNS))
 async def test_regex_holds_the_gil(run):
     EVIL.match(SUBJECT)  # pin: regex
     await asyncio.sleep(0.05)
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("run", range(10))
+@pytest.mark.parametrize("run", range(RUNS))
 async def test_json_loads_holds_the_gil(run):
     json.loads(DOC)  # pin: json
     await asyncio.sleep(0.05)
-'''
+'''.replace("{runs}", str(GIL_RUNS))
 
 
-@pytest.mark.timeout(180)  # 20 blocks of ~0.5 s, each test's own watchdog and sentinel
+@pytest.mark.timeout(180)  # 14 blocks of ~0.5 s, each test's own watchdog and sentinel
 def test_gil_holding_blocks_fail_naming_the_line(pytester: pytest.Pytester) -> None:
     """A regex or a json.loads holding the GIL ~0.5 s from the test's first step on,
-    threshold 0.1: all 10 runs of each fail, each naming its exact line (the plugin
+    threshold 0.1: all GIL_RUNS runs of each fail, each naming its exact line (the plugin
     keeps the sentinel and faulthandler on: no Python thread can see such a block
     while it lasts)."""
     pytester.makeini(INI)
     path = pytester.makepyfile(test_gil=GIL_CASES)
     result = pytester.runpytest_subprocess("--freezewatch=0.1", "-p", "no:cacheprovider")
     out = result.stdout.str()
-    assert result.parseoutcomes().get("failed") == 20, out
+    assert result.parseoutcomes().get("failed") == 2 * GIL_RUNS, out
     # The regex is a C method: the test's line is the innermost Python frame. The
     # json decoder has Python frames of its own: the test's line is the app line.
     for test, tag, label in [("test_regex_holds_the_gil", "regex", "Blocked at:  "),
                              ("test_json_loads_holds_the_gil", "json", "App line:    ")]:
-        for run in range(10):
+        for run in range(GIL_RUNS):
             section = _failure_section(out, re.escape(f"{test}[{run}]"))
             assert f"{label}{path}:{pin(path, tag).line} in {test}" in section, section

@@ -3,8 +3,8 @@
 A saturated loop (thousands of ``sleep(0)`` tasks plus short callbacks that
 spend their time in C, each turn well under the threshold) can keep the
 watchdog from the GIL for a while, and a uvloop thread sits in C holding the
-GIL most of the time: neither is a GIL-held freeze. Each loop kind runs ten
-times in a subprocess (tests/saturated_app.py) at freezewatch's defaults
+GIL most of the time: neither is a GIL-held freeze. Each loop kind runs RUNS
+(7) times in a subprocess (tests/saturated_app.py) at freezewatch's defaults
 (threshold 0.5, py-spy and the sentinel on); none may leave a freeze dump.
 The control runs the same harness ending in a real GIL-held regex: its dump
 is pinned on that exact line, so the test can fail.
@@ -31,7 +31,7 @@ from test_gil import _calibrate
 from freezewatch import _sentinel, _sentinel_freeze
 
 APP = Path(__file__).with_name("saturated_app.py")
-RUNS = 10
+RUNS = 7
 SECONDS = 1.5
 THRESHOLD = 0.5  # freezewatch's default, which the app keeps
 pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux: /proc"),
