@@ -63,7 +63,7 @@ class GilLayers:
         self._signal_rounds = 0
         self._claim_checked = -1e9
         self._alive_checked = 0.0
-        self.sentinel_restarts = 0
+        self._restarts = 0
         self.captures = 0
         # Per loop thread ident: its voluntary switches at the sentinel's first look in
         # the silence and right before its last py-spy run (``_detect.held_throughout``).
@@ -124,17 +124,16 @@ class GilLayers:
         """The sentinel exited under us (killed, out of memory, a bug of ours): said
         once, counted, and a new one started (``SENTINEL_RESTARTS`` times at most),
         so GIL-held freezes are dumped while they last again."""
-        proc = self.sentinel.proc
-        status = proc.returncode if proc is not None else None
+        status = self.sentinel.proc.returncode if self.sentinel.proc is not None else None
         self.sentinel.close()
         self.sentinel = Sentinel()
-        self.sentinel_restarts += 1
-        again = self.sentinel_restarts <= SENTINEL_RESTARTS
+        self._restarts += 1
+        again = self._restarts <= SENTINEL_RESTARTS
         if again:
             self._sentinel_tried, self._idents, self._signal_rounds = False, (), 0
         _state.count_error("sentinel")
         then = "a new one is started" if again else (
-            f"not restarted: it exited {self.sentinel_restarts} times; GIL-held freezes "
+            f"not restarted: it exited {self._restarts} times; GIL-held freezes "
             f"are dumped only once they end")
         events.emit(FreezeEvent("sentinel_exited", "*", 0.0, reason=(
             f"the sentinel process exited (status {status}); {then}")), (), "error")

@@ -245,7 +245,7 @@ class Sentinel:
         """The watchdog takes over the dump the sentinel wrote for loop ``ident`` in
         the last silence (completes or removes it): the sentinel never writes it
         again. Its slot changes for good (the high bits count these), and the
-        sentinel compares it, under flag 32, before each rewrite."""
+        sentinel compares it before each refresh (under flag 32) and update."""
         self._settled[ident] = self._settled.get(ident, 0) + 1
         seqs, self._answered = self._answered, {}
         self.answered(seqs)

@@ -10,8 +10,9 @@ process never ran again (killed mid-freeze, or frozen still).
 Once the watchdog takes a dump over (this way, or as a GIL-held freeze it
 completes) the sentinel never writes it again: before, its refresh of
 ``blocked_for`` (once a second while it thinks the freeze goes on) could land
-after the watchdog's rewrite and put ``complete: false`` back, or bring a
-removed dump back to life.
+after the watchdog's rewrite and put ``complete: false`` back. (A removed
+dump stays removed either way: the sentinel rewrites only a file that is
+there; the test of that guards the rule.)
 
 These run the sentinel's real dump writer (``_sentinel_freeze.Dumper``, in
 this process, on this thread's real /proc entries) and the watchdog's real
